@@ -1,0 +1,136 @@
+//! Startup (lock, stores, GC), the gRPC server on the unix socket, and graceful shutdown.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+use virtlet_cri::{ImageServer, RuntimeServer};
+use virtlet_image::{ImageStore, ImageStoreConfig};
+use virtlet_store::{Store, StoreError};
+
+use crate::config::Config;
+
+/// Largest gRPC message accepted or sent (the kubelet allows 16 MiB).
+const MAX_MESSAGE: usize = 16 << 20;
+
+fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Holds `<socket>.lock` for the daemon's life: a second daemon on the same socket stops here.
+fn lock_socket(socket: &Path) -> Result<File> {
+    let lock_path = PathBuf::from(format!("{}.lock", socket.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another virtlet is already serving {} (it holds {}); stop it first",
+            socket.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
+}
+
+/// Binds the socket with mode 0600 before anyone can connect: bound under a temporary name,
+/// restricted, then renamed over any stale socket.
+fn bind_socket(socket: &Path) -> Result<UnixListener> {
+    let tmp = PathBuf::from(format!("{}.tmp-{}", socket.display(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).with_context(|| format!("cannot bind {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", tmp.display()))?;
+    if socket.exists() {
+        info!(socket = %socket.display(), "replacing a stale socket");
+    }
+    std::fs::rename(&tmp, socket)
+        .with_context(|| format!("cannot move the socket to {}", socket.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop virtlet with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = int.recv() => info!("SIGINT received, shutting down"),
+    }
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    ensure_parent(&config.listen)?;
+    let _lock = lock_socket(&config.listen)?;
+    ensure_parent(&config.database_path)?;
+    let store = match Store::open(&config.database_path) {
+        Ok(s) => Arc::new(s),
+        Err(e @ StoreError::NewerSchema { .. }) => bail!("{e}"),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context("cannot open the metadata store"));
+        }
+    };
+    let images = Arc::new(
+        ImageStore::open(
+            ImageStoreConfig {
+                image_dir: config.image_dir.clone(),
+                translations_dir: config.image_translations_dir.clone(),
+                download_protocol: config.download_protocol.clone(),
+            },
+            store.clone(),
+        )
+        .context("cannot open the image store")?,
+    );
+    images.gc().context("image store GC failed")?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RuntimeServiceServer<RuntimeServer>>()
+        .await;
+    health
+        .set_serving::<ImageServiceServer<ImageServer>>()
+        .await;
+
+    let runtime = RuntimeServiceServer::new(RuntimeServer::new(env!("CARGO_PKG_VERSION")))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let image = ImageServiceServer::new(ImageServer::new(images))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+
+    let listener = bind_socket(&config.listen)?;
+    info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "virtlet is serving CRI");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.listen);
+    served.context("the gRPC server failed")?;
+    info!("virtlet stopped");
+    Ok(())
+}

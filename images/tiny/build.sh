@@ -1,0 +1,151 @@
+# Sourced by images/build: the "tiny" image.
+#
+# A BIOS-bootable qcow2: MBR (syslinux mbr.bin) + one FAT16 partition holding
+# SYSLINUX, Debian's cloud kernel and a busybox-static initramfs that runs
+# the cloud-init subset of rootfs/usr/libexec/virtlet/cloudinit.sh and
+# dropbear. Everything runs from the initramfs; the disk is only read at boot.
+
+TINY_DISK_MIB=64          # virtual disk size
+TINY_PART_START=2048      # sectors (1 MiB)
+# kernel modules put into the initramfs (plus their dependencies), loaded at boot
+TINY_MODULES="virtio_pci virtio_blk virtio_scsi sd_mod sr_mod virtio_net virtio_rng
+	isofs vfat nls_cp437 nls_iso8859-1 nls_ascii nls_utf8 button evdev"
+TINY_CMDLINE="console=tty0 console=ttyS0,115200n8 edd=off scsi_mod.scan=sync"
+
+build_tiny() {
+	need_tools apt-get apt-cache dpkg-deb dpkg-query busybox dropbear dropbearkey ldd \
+		depmod modprobe cpio gzip mkfs.vfat mcopy syslinux sfdisk qemu-img
+	need_file /usr/lib/syslinux/mbr/mbr.bin syslinux-common
+	local bb dbr dbk
+	bb=$(command -v busybox)
+	dbr=$(command -v dropbear)
+	dbk=$(command -v dropbearkey)
+	if ldd "$bb" >/dev/null 2>&1; then
+		die "$bb is dynamically linked: install busybox-static"
+	fi
+
+	# ---- inputs: scripts + exact package versions ----
+	local kpkg kver_pkg libs lib p inputs
+	kpkg=$(apt_meta_target linux-image-cloud-amd64 linux-image-)
+	kver_pkg=$(apt_candidate "$kpkg")
+	libs=$( (ldd "$dbr"; ldd "$dbk") | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+	inputs="scripts $(scripts_hash tiny)
+kernel $kpkg $kver_pkg
+busybox-static $(pkg_version busybox-static)
+dropbear-bin $(pkg_version dropbear-bin)
+syslinux $(pkg_version syslinux)
+syslinux-common $(pkg_version syslinux-common)"
+	for lib in $libs; do
+		p=$(file_pkg "$lib") || die "cannot find the Debian package of $lib"
+		inputs="$inputs
+lib $lib $p $(pkg_version "$p")"
+	done
+	inputs=$(printf '%s\n' "$inputs" | sort -u)
+
+	if up_to_date tiny "$inputs"; then
+		log "tiny image is up to date"
+		echo "$CACHE/tiny/tiny.qcow2"
+		return 0
+	fi
+	log "building tiny image (kernel $kpkg $kver_pkg)"
+
+	WORK=$(mktemp -d "$CACHE/.tiny.build.XXXXXX")
+	local deb kroot root kver
+	deb=$(apt_download "$kpkg" "$kver_pkg")
+	kroot=$WORK/kernel
+	root=$WORK/initramfs
+	dpkg-deb -x "$deb" "$kroot"
+	kver=$(cd "$kroot/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | head -n 1)
+	[ -n "$kver" ] || die "no vmlinuz in $deb"
+	local kmods=lib/modules/$kver
+	[ -d "$kroot/$kmods" ] || { kmods=usr/lib/modules/$kver; [ -d "$kroot/$kmods" ] || die "no modules in $deb"; }
+	# the .deb ships no modules.dep
+	depmod -b "$kroot" "$kver"
+
+	# ---- initramfs tree ----
+	mkdir -p "$root"
+	cp -a "$IMAGES_DIR/tiny/rootfs/." "$root/"
+	chmod 755 "$root/etc/init.d/"* "$root/etc/acpi/PWRF/"* "$root/usr/share/udhcpc/default.script" "$root/bin/mountpoint"
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,root,mnt,etc/dropbear,var/log,var/lib}
+	chmod 700 "$root/root"
+	chmod 1777 "$root/tmp"
+	mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+	install -m 755 "$bb" "$root/bin/busybox"
+	local a
+	for a in $("$bb" --list-full); do
+		[ -e "$root/$a" ] || [ -L "$root/$a" ] || ln -s /bin/busybox "$root/$a"
+	done
+	ln -sf bin/busybox "$root/init"
+
+	# kernel modules: the wanted ones and their dependencies, in load order
+	local m line f rel
+	mkdir -p "$root/lib/modules/$kver"
+	: >"$root/lib/modules/$kver/load.list"
+	for m in $TINY_MODULES; do
+		modprobe -d "$kroot" -S "$kver" --show-depends "$m" >"$WORK/deps" ||
+			die "module $m not found in $kpkg"
+		while read -r line; do
+			case "$line" in
+			insmod\ *)
+				f=$(echo "$line" | awk '{ print $2 }')
+				rel=${f#"$kroot/$kmods/"}
+				grep -qxF "$rel" "$root/lib/modules/$kver/load.list" && continue
+				mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
+				case "$rel" in
+				*.ko.xz) xz -dc "$f" >"$root/lib/modules/$kver/${rel%.xz}"; rel=${rel%.xz} ;;
+				*.ko.zst) zstd -qdc "$f" >"$root/lib/modules/$kver/${rel%.zst}"; rel=${rel%.zst} ;;
+				*.ko.gz) gzip -dc "$f" >"$root/lib/modules/$kver/${rel%.gz}"; rel=${rel%.gz} ;;
+				*) cp "$f" "$root/lib/modules/$kver/$rel" ;;
+				esac
+				echo "$rel" >>"$root/lib/modules/$kver/load.list"
+				;;
+			esac
+		done <"$WORK/deps"
+	done
+	cp "$kroot/$kmods"/modules.builtin "$kroot/$kmods"/modules.order "$root/lib/modules/$kver/"
+	[ -f "$kroot/$kmods/modules.builtin.modinfo" ] && cp "$kroot/$kmods/modules.builtin.modinfo" "$root/lib/modules/$kver/"
+	depmod -b "$root" "$kver"   # for busybox modprobe / kernel autoloading
+	rm -f "$root/lib/modules/$kver"/*.bin
+
+	# dropbear and the shared libraries it needs (per ldd), plus the loader
+	install -D -m 755 "$dbr" "$root/usr/sbin/dropbear"
+	install -D -m 755 "$dbk" "$root/usr/bin/dropbearkey"
+	for lib in $libs; do
+		install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
+	done
+
+	(cd "$root" && find . | sort | cpio --quiet -o -H newc -R 0:0) | gzip -9 >"$WORK/initrd.gz"
+	cp "$kroot/boot/vmlinuz-$kver" "$WORK/vmlinuz"
+
+	# ---- boot partition + disk ----
+	cat >"$WORK/syslinux.cfg" <<EOF
+DEFAULT virtlet
+PROMPT 0
+TIMEOUT 0
+LABEL virtlet
+  LINUX /vmlinuz
+  INITRD /initrd.gz
+  APPEND $TINY_CMDLINE
+EOF
+	local part_mib=$((TINY_DISK_MIB - TINY_PART_START / 2048))
+	make_boot_fat "$WORK/boot.img" "$part_mib" "$TINY_PART_START" VIRTLETBOOT \
+		"$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg"
+	make_disk "$WORK/disk.raw" "$TINY_DISK_MIB" <<EOF
+label: dos
+start=$TINY_PART_START, type=e, bootable
+EOF
+	put_partition "$WORK/disk.raw" "$WORK/boot.img" "$TINY_PART_START"
+	qemu-img convert -f raw -O qcow2 "$WORK/disk.raw" "$WORK/tiny.qcow2"
+
+	publish tiny "$WORK/tiny.qcow2" "$inputs"
+	local secs=$(($(date +%s) - START))
+	{
+		echo "kernel: $kver ($kpkg $kver_pkg)"
+		echo "vmlinuz: $(stat -c %s "$WORK/vmlinuz") bytes"
+		echo "initrd.gz: $(stat -c %s "$WORK/initrd.gz") bytes"
+		echo "qcow2: $(stat -c %s "$CACHE/tiny/tiny.qcow2") bytes"
+		echo "build seconds: $secs"
+	} >"$CACHE/tiny/build-info"
+	log "tiny image built in ${secs}s: $(stat -c %s "$CACHE/tiny/tiny.qcow2") bytes (initrd $(stat -c %s "$WORK/initrd.gz") bytes)"
+	echo "$CACHE/tiny/tiny.qcow2"
+}
