@@ -7,9 +7,11 @@
 
 TINY_DISK_MIB=64          # virtual disk size
 TINY_PART_START=2048      # sectors (1 MiB)
-# kernel modules put into the initramfs (plus their dependencies), loaded at boot
-TINY_MODULES="virtio_pci virtio_blk virtio_scsi sd_mod sr_mod virtio_net virtio_rng
-	isofs vfat nls_cp437 nls_iso8859-1 nls_ascii nls_utf8 button evdev"
+# kernel modules put into the initramfs (with their dependencies), by group:
+# rcS loads "core" always and the device groups when such a PCI device is
+# present; "fs" is loaded on demand when something is mounted.
+TINY_MODULE_GROUPS="core:virtio_pci,button,evdev blk:virtio_blk scsi:virtio_scsi,sd_mod,sr_mod
+	net:virtio_net rng:virtio_rng fs:isofs,vfat,nls_cp437,nls_iso8859-1,nls_ascii,nls_utf8"
 TINY_CMDLINE="console=tty0 console=ttyS0,115200n8 edd=off scsi_mod.scan=sync"
 
 build_tiny() {
@@ -77,30 +79,37 @@ lib $lib $p $(pkg_version "$p")"
 	done
 	ln -sf bin/busybox "$root/init"
 
-	# kernel modules: the wanted ones and their dependencies, in load order
-	local m line f rel
+	# kernel modules: the wanted ones and their dependencies, in load order,
+	# one list per group (load.<group>, paths relative to the modules dir)
+	local g grp mods m line f rel
 	mkdir -p "$root/lib/modules/$kver"
-	: >"$root/lib/modules/$kver/load.list"
-	for m in $TINY_MODULES; do
-		modprobe -d "$kroot" -S "$kver" --show-depends "$m" >"$WORK/deps" ||
-			die "module $m not found in $kpkg"
-		while read -r line; do
-			case "$line" in
-			insmod\ *)
-				f=$(echo "$line" | awk '{ print $2 }')
-				rel=${f#"$kroot/$kmods/"}
-				grep -qxF "$rel" "$root/lib/modules/$kver/load.list" && continue
-				mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
-				case "$rel" in
-				*.ko.xz) xz -dc "$f" >"$root/lib/modules/$kver/${rel%.xz}"; rel=${rel%.xz} ;;
-				*.ko.zst) zstd -qdc "$f" >"$root/lib/modules/$kver/${rel%.zst}"; rel=${rel%.zst} ;;
-				*.ko.gz) gzip -dc "$f" >"$root/lib/modules/$kver/${rel%.gz}"; rel=${rel%.gz} ;;
-				*) cp "$f" "$root/lib/modules/$kver/$rel" ;;
+	: >"$WORK/all-mods"
+	for g in $TINY_MODULE_GROUPS; do
+		grp=${g%%:*}
+		mods=${g#*:}
+		: >"$root/lib/modules/$kver/load.$grp"
+		for m in ${mods//,/ }; do
+			modprobe -d "$kroot" -S "$kver" --show-depends "$m" >"$WORK/deps" ||
+				die "module $m not found in $kpkg"
+			while read -r line; do
+				case "$line" in
+				insmod\ *)
+					f=$(echo "$line" | awk '{ print $2 }')
+					rel=${f#"$kroot/$kmods/"}
+					grep -qxF "$rel" "$WORK/all-mods" && continue
+					echo "$rel" >>"$WORK/all-mods"
+					mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
+					case "$rel" in
+					*.ko.xz) xz -dc "$f" >"$root/lib/modules/$kver/${rel%.xz}"; rel=${rel%.xz} ;;
+					*.ko.zst) zstd -qdc "$f" >"$root/lib/modules/$kver/${rel%.zst}"; rel=${rel%.zst} ;;
+					*.ko.gz) gzip -dc "$f" >"$root/lib/modules/$kver/${rel%.gz}"; rel=${rel%.gz} ;;
+					*) cp "$f" "$root/lib/modules/$kver/$rel" ;;
+					esac
+					echo "$rel" >>"$root/lib/modules/$kver/load.$grp"
+					;;
 				esac
-				echo "$rel" >>"$root/lib/modules/$kver/load.list"
-				;;
-			esac
-		done <"$WORK/deps"
+			done <"$WORK/deps"
+		done
 	done
 	cp "$kroot/$kmods"/modules.builtin "$kroot/$kmods"/modules.order "$root/lib/modules/$kver/"
 	[ -f "$kroot/$kmods/modules.builtin.modinfo" ] && cp "$kroot/$kmods/modules.builtin.modinfo" "$root/lib/modules/$kver/"

@@ -65,7 +65,7 @@ pub enum ImageError {
     #[error("pulling image {image:?} failed: {cause}{}", notes(.skipped_configs))]
     Pull {
         image: String,
-        cause: PullCause,
+        cause: Box<PullCause>,
         /// Translation configs that were skipped; one of them may have been meant to apply.
         skipped_configs: Vec<ConfigProblem>,
     },

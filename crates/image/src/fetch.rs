@@ -386,19 +386,28 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// The innermost rustls error in a chain, if TLS is what failed.
+/// The next error down a chain. `io::Error::source` skips the error it wraps, so wrapped
+/// errors are entered through `get_ref`.
+fn next_cause<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    }
+}
+
+/// The rustls error in a chain, if TLS is what failed.
 fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(t.to_string());
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(t.to_string());
-            }
-        }
-        cur = err.source();
+        cur = next_cause(err);
     }
     None
 }
@@ -406,7 +415,7 @@ fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// The innermost message of an error chain (reqwest's outer layers say little).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
-    while let Some(next) = cur.source() {
+    while let Some(next) = next_cause(cur) {
         cur = next;
     }
     cur.to_string()

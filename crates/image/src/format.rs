@@ -192,7 +192,7 @@ mod tests {
             Err(FormatError::BadQcow2(_))
         ));
         assert!(matches!(
-            detect(&QCOW2_MAGIC[..], 4),
+            detect(QCOW2_MAGIC, 4),
             Err(FormatError::BadQcow2(_))
         ));
     }

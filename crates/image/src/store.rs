@@ -211,7 +211,7 @@ impl ImageStore {
         }
         let fail = |cause: PullCause| ImageError::Pull {
             image: image.name.clone(),
-            cause,
+            cause: Box::new(cause),
             skipped_configs: translations.problems.clone(),
         };
         let endpoint = translations.translate(image.location());
@@ -256,14 +256,14 @@ impl ImageStore {
                 source,
             })
         })?;
-        if let Some(expected) = image.digest {
-            if expected != downloaded.digest {
-                return Err(fail(PullCause::DigestMismatch {
-                    url: url.to_string(),
-                    expected: expected.hex(),
-                    actual: downloaded.digest.hex(),
-                }));
-            }
+        if let Some(expected) = image.digest
+            && expected != downloaded.digest
+        {
+            return Err(fail(PullCause::DigestMismatch {
+                url: url.to_string(),
+                expected: expected.hex(),
+                actual: downloaded.digest.hex(),
+            }));
         }
 
         let record = ImageRecord {
@@ -337,7 +337,7 @@ impl ImageStore {
     /// The image `query` names, if present.
     pub fn status(&self, query: &str) -> Result<Option<ImageInfo>, ImageError> {
         let query = ImageQuery::parse(query)?;
-        Ok(self.find(&query)?)
+        self.find(&query)
     }
 
     fn find(&self, query: &ImageQuery) -> Result<Option<ImageInfo>, ImageError> {

@@ -280,12 +280,12 @@ pub fn parse_config(text: &str) -> Result<(TranslationConfig, Vec<Option<Regex>>
         if rule.url.is_empty() {
             return Err(format!("translations[{i}] has an empty url"));
         }
-        if let Some(t) = &rule.transport {
-            if !config.transports.contains_key(t) {
-                return Err(format!(
-                    "translations[{i}] names transport {t:?}, which transports does not define"
-                ));
-            }
+        if let Some(t) = &rule.transport
+            && !config.transports.contains_key(t)
+        {
+            return Err(format!(
+                "translations[{i}] names transport {t:?}, which transports does not define"
+            ));
         }
         regexps.push(match &rule.regexp {
             Some(re) => Some(
@@ -303,12 +303,12 @@ pub fn parse_config(text: &str) -> Result<(TranslationConfig, Vec<Option<Regex>>
                         "transports.{name}.tls.certificates[{i}].cert is not a PEM certificate"
                     ));
                 }
-                if let Some(key) = &c.key {
-                    if !key.contains("PRIVATE KEY-----") {
-                        return Err(format!(
-                            "transports.{name}.tls.certificates[{i}].key is not a PEM private key"
-                        ));
-                    }
+                if let Some(key) = &c.key
+                    && !key.contains("PRIVATE KEY-----")
+                {
+                    return Err(format!(
+                        "transports.{name}.tls.certificates[{i}].key is not a PEM private key"
+                    ));
                 }
             }
         }
