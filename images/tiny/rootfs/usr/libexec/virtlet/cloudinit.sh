@@ -116,7 +116,8 @@ install_ssh_keys() {
 	mkdir -p /root/.ssh
 	chmod 700 /root /root/.ssh
 	# unique, non-empty keys in their original order
-	awk 'NF && !seen[$0]++' /root/.ssh/authorized_keys "$CI_KEYS" 2>/dev/null >/root/.ssh/authorized_keys.new
+	touch /root/.ssh/authorized_keys "$CI_KEYS"
+	awk 'NF && !seen[$0]++' /root/.ssh/authorized_keys "$CI_KEYS" >/root/.ssh/authorized_keys.new
 	mv /root/.ssh/authorized_keys.new /root/.ssh/authorized_keys
 	chmod 600 /root/.ssh/authorized_keys
 	[ -s /root/.ssh/authorized_keys ] && log "authorized_keys: $(awk 'END { print NR }' /root/.ssh/authorized_keys) key(s)"
