@@ -20,7 +20,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[command(version, about = "Command-line client for a virtlet node")]
 struct Cli {
     /// The daemon's CRI socket.
-    #[arg(long, env = "VIRTLET_CRI_SOCKET_PATH", default_value = "/run/virtlet.sock")]
+    #[arg(
+        long,
+        env = "VIRTLET_CRI_SOCKET_PATH",
+        default_value = "/run/virtlet.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Cmd,
