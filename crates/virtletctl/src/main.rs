@@ -1,7 +1,7 @@
 //! `virtletctl`: talks CRI to a virtlet daemon over its unix socket, the way `crictl` would, for
 //! operators and scripts on nodes without crictl.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -51,8 +51,8 @@ enum Cmd {
     Imagefsinfo,
 }
 
-async fn connect(socket: &PathBuf) -> Result<Channel> {
-    let path = socket.clone();
+async fn connect(socket: &Path) -> Result<Channel> {
+    let path = socket.to_path_buf();
     Endpoint::try_from("http://[::]:50051")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
