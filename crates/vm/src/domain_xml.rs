@@ -1,0 +1,295 @@
+//! [`VmSpec`] -> libvirt domain XML (pure; checked by golden files in `tests/golden`).
+
+use std::io;
+
+use quick_xml::Writer;
+use quick_xml::events::BytesText;
+use virtlet_core::annotations::{CpuSetting, DiskDriver};
+use virtlet_core::vmspec::{Cpu, DiskFormat, DomainType, VmSpec};
+
+/// The XML namespace of virtlet's domain metadata.
+pub const METADATA_NS: &str = "https://virtlet.cloud/libvirt/metadata/1";
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+/// The environment variable that tells `vmwrapper` which netns to enter.
+pub const NETNS_ENV: &str = "VIRTLET_NETNS";
+
+type W = Writer<Vec<u8>>;
+
+fn text(w: &mut W, name: &str, value: &str) -> io::Result<()> {
+    w.create_element(name)
+        .write_text_content(BytesText::new(value))?;
+    Ok(())
+}
+
+/// Renders the domain XML of `spec`.
+pub fn render(spec: &VmSpec) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    // Writing into a Vec cannot fail.
+    let _ = write_domain(&mut w, spec);
+    let mut out = String::from_utf8_lossy(&w.into_inner()).into_owned();
+    out.push('\n');
+    out
+}
+
+fn write_domain(w: &mut W, spec: &VmSpec) -> io::Result<()> {
+    let domain_type = match spec.domain_type {
+        DomainType::Kvm => "kvm",
+        DomainType::Qemu => "qemu",
+    };
+    let mut domain = w
+        .create_element("domain")
+        .with_attribute(("type", domain_type));
+    if spec.netns.is_some() {
+        domain = domain.with_attribute(("xmlns:qemu", QEMU_NS));
+    }
+    domain.write_inner_content(|w| {
+        text(w, "name", &spec.domain_name)?;
+        text(w, "uuid", &spec.uuid)?;
+        w.create_element("metadata").write_inner_content(|w| {
+            w.create_element("virtlet:vm")
+                .with_attribute(("xmlns:virtlet", METADATA_NS))
+                .write_inner_content(|w| {
+                    text(w, "virtlet:sandbox-id", &spec.sandbox_id)?;
+                    text(w, "virtlet:container-id", &spec.container_id)
+                })?;
+            Ok(())
+        })?;
+        w.create_element("memory")
+            .with_attribute(("unit", "KiB"))
+            .write_text_content(BytesText::new(
+                &spec.memory_bytes.div_ceil(1024).to_string(),
+            ))?;
+        text(w, "vcpu", &spec.vcpus.to_string())?;
+        if spec.cpu_shares.is_some() || spec.cpu_quota_us.is_some() {
+            w.create_element("cputune").write_inner_content(|w| {
+                if let Some(s) = spec.cpu_shares {
+                    text(w, "shares", &s.to_string())?;
+                }
+                if let (Some(q), Some(p)) = (spec.cpu_quota_us, spec.cpu_period_us) {
+                    text(w, "global_period", &p.to_string())?;
+                    text(w, "global_quota", &q.to_string())?;
+                }
+                Ok(())
+            })?;
+        }
+        w.create_element("sysinfo")
+            .with_attribute(("type", "smbios"))
+            .write_inner_content(|w| {
+                w.create_element("system").write_inner_content(|w| {
+                    w.create_element("entry")
+                        .with_attribute(("name", "uuid"))
+                        .write_text_content(BytesText::new(&spec.uuid))?;
+                    Ok(())
+                })?;
+                Ok(())
+            })?;
+        w.create_element("os").write_inner_content(|w| {
+            w.create_element("type")
+                .with_attributes([("arch", "x86_64"), ("machine", "pc")])
+                .write_text_content(BytesText::new("hvm"))?;
+            w.create_element("boot")
+                .with_attribute(("dev", "hd"))
+                .write_empty()?;
+            w.create_element("smbios")
+                .with_attribute(("mode", "sysinfo"))
+                .write_empty()?;
+            Ok(())
+        })?;
+        w.create_element("features").write_inner_content(|w| {
+            w.create_element("acpi").write_empty()?;
+            w.create_element("apic").write_empty()?;
+            Ok(())
+        })?;
+        write_cpu(w, &spec.cpu)?;
+        w.create_element("clock")
+            .with_attribute(("offset", "utc"))
+            .write_empty()?;
+        text(w, "on_poweroff", "destroy")?;
+        text(w, "on_reboot", "restart")?;
+        text(w, "on_crash", "destroy")?;
+        w.create_element("devices")
+            .write_inner_content(|w| write_devices(w, spec))?;
+        if let Some(netns) = &spec.netns {
+            w.create_element("qemu:commandline")
+                .write_inner_content(|w| {
+                    w.create_element("qemu:env")
+                        .with_attributes([
+                            ("name", NETNS_ENV),
+                            ("value", &*netns.to_string_lossy()),
+                        ])
+                        .write_empty()?;
+                    Ok(())
+                })?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn write_cpu(w: &mut W, cpu: &Cpu) -> io::Result<()> {
+    match cpu {
+        Cpu::Default => Ok(()),
+        Cpu::HostModel => {
+            w.create_element("cpu")
+                .with_attribute(("mode", "host-model"))
+                .write_empty()?;
+            Ok(())
+        }
+        Cpu::Custom(setting) => write_cpu_setting(w, setting),
+    }
+}
+
+fn write_cpu_setting(w: &mut W, c: &CpuSetting) -> io::Result<()> {
+    let mut attrs: Vec<(&str, &str)> = Vec::new();
+    if let Some(m) = &c.mode {
+        attrs.push(("mode", m));
+    }
+    if let Some(m) = &c.match_ {
+        attrs.push(("match", m));
+    }
+    if let Some(m) = &c.check {
+        attrs.push(("check", m));
+    }
+    w.create_element("cpu")
+        .with_attributes(attrs)
+        .write_inner_content(|w| {
+            if let Some(model) = &c.model {
+                let mut attrs: Vec<(&str, &str)> = Vec::new();
+                if let Some(f) = &model.fallback {
+                    attrs.push(("fallback", f));
+                }
+                if let Some(v) = &model.vendor_id {
+                    attrs.push(("vendor_id", v));
+                }
+                let el = w.create_element("model").with_attributes(attrs);
+                match &model.value {
+                    Some(v) => el.write_text_content(BytesText::new(v))?,
+                    None => el.write_empty()?,
+                };
+            }
+            if let Some(v) = &c.vendor {
+                text(w, "vendor", v)?;
+            }
+            if let Some(t) = &c.topology {
+                let nums: Vec<(&str, String)> = [
+                    ("sockets", t.sockets),
+                    ("dies", t.dies),
+                    ("cores", t.cores),
+                    ("threads", t.threads),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v.to_string())))
+                .collect();
+                w.create_element("topology")
+                    .with_attributes(nums.iter().map(|(k, v)| (*k, v.as_str())))
+                    .write_empty()?;
+            }
+            for f in &c.features {
+                let mut attrs: Vec<(&str, &str)> = Vec::new();
+                if let Some(p) = &f.policy {
+                    attrs.push(("policy", p));
+                }
+                attrs.push(("name", &f.name));
+                w.create_element("feature")
+                    .with_attributes(attrs)
+                    .write_empty()?;
+            }
+            Ok(())
+        })?;
+    Ok(())
+}
+
+fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
+    text(w, "emulator", &spec.emulator.to_string_lossy())?;
+    let bus = match spec.disk_bus {
+        DiskDriver::Scsi => {
+            w.create_element("controller")
+                .with_attributes([("type", "scsi"), ("index", "0"), ("model", "virtio-scsi")])
+                .write_empty()?;
+            "scsi"
+        }
+        DiskDriver::Virtio => "virtio",
+    };
+    for disk in &spec.disks {
+        let format = match disk.format {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        };
+        w.create_element("disk")
+            .with_attributes([("type", "file"), ("device", "disk")])
+            .write_inner_content(|w| {
+                w.create_element("driver")
+                    .with_attributes([("name", "qemu"), ("type", format)])
+                    .write_empty()?;
+                w.create_element("source")
+                    .with_attribute(("file", &*disk.path.to_string_lossy()))
+                    .write_empty()?;
+                w.create_element("target")
+                    .with_attributes([("dev", disk.target.as_str()), ("bus", bus)])
+                    .write_empty()?;
+                if disk.read_only {
+                    w.create_element("readonly").write_empty()?;
+                }
+                Ok(())
+            })?;
+    }
+    match &spec.console_socket {
+        Some(path) => {
+            w.create_element("serial")
+                .with_attribute(("type", "unix"))
+                .write_inner_content(|w| {
+                    w.create_element("source")
+                        .with_attributes([("mode", "bind"), ("path", &*path.to_string_lossy())])
+                        .write_empty()?;
+                    w.create_element("target")
+                        .with_attribute(("port", "0"))
+                        .write_empty()?;
+                    Ok(())
+                })?;
+        }
+        None => {
+            w.create_element("serial")
+                .with_attribute(("type", "pty"))
+                .write_inner_content(|w| {
+                    w.create_element("target")
+                        .with_attribute(("port", "0"))
+                        .write_empty()?;
+                    Ok(())
+                })?;
+        }
+    }
+    w.create_element("input")
+        .with_attributes([("type", "tablet"), ("bus", "usb")])
+        .write_empty()?;
+    w.create_element("graphics")
+        .with_attributes([
+            ("type", "vnc"),
+            ("port", "-1"),
+            ("autoport", "yes"),
+            ("listen", "127.0.0.1"),
+        ])
+        .write_empty()?;
+    w.create_element("video").write_inner_content(|w| {
+        w.create_element("model")
+            .with_attribute(("type", "vga"))
+            .write_empty()?;
+        Ok(())
+    })?;
+    w.create_element("memballoon")
+        .with_attribute(("model", "virtio"))
+        .write_inner_content(|w| {
+            w.create_element("stats")
+                .with_attribute(("period", "5"))
+                .write_empty()?;
+            Ok(())
+        })?;
+    w.create_element("rng")
+        .with_attribute(("model", "virtio"))
+        .write_inner_content(|w| {
+            w.create_element("backend")
+                .with_attribute(("model", "random"))
+                .write_text_content(BytesText::new("/dev/urandom"))?;
+            Ok(())
+        })?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! VMs for virtlet: [`VmSpec`](virtlet_core::VmSpec) rendered to libvirt domain XML (pure),
+//! the libvirt driver, root disk overlays, the KVM probe, and console capture into CRI logs.
+
+pub mod console;
+pub mod disk;
+pub mod domain_xml;
+pub mod driver;
+pub mod kvm;
+
+pub use driver::{DomainStatus, DriverError, ExitInfo, Libvirt, VmStats};
