@@ -39,7 +39,7 @@ pub struct Disk {
 pub enum Cpu {
     Default,
     HostModel,
-    Custom(CpuSetting),
+    Custom(Box<CpuSetting>),
 }
 
 /// The typed description of one VM.
@@ -101,7 +101,7 @@ pub fn build(pod: &PodFacts<'_>, annotations: &VmAnnotations, node: &NodeChoices
         &annotations.cpu_setting,
         annotations.cpu_model.or(node.cpu_model),
     ) {
-        (Some(setting), _) => Cpu::Custom(setting.clone()),
+        (Some(setting), _) => Cpu::Custom(Box::new(setting.clone())),
         (None, Some(CpuModel::HostModel)) => Cpu::HostModel,
         _ => Cpu::Default,
     };
