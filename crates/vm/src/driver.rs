@@ -275,13 +275,12 @@ impl Libvirt {
                 memory_bytes: info.memory.saturating_mul(1024),
                 disk_bytes: 0,
             };
-            if let Ok(mem) = d.memory_stats(0) {
-                if let Some(rss) = mem
+            if let Ok(mem) = d.memory_stats(0)
+                && let Some(rss) = mem
                     .iter()
-                    .find(|m| m.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS as u32)
-                {
-                    stats.memory_bytes = rss.val.saturating_mul(1024);
-                }
+                    .find(|m| m.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS)
+            {
+                stats.memory_bytes = rss.val.saturating_mul(1024);
             }
             if let Ok(b) = d.block_info(root_target, 0) {
                 stats.disk_bytes = b.allocation;
