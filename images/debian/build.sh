@@ -125,17 +125,17 @@ EOF
 [Unit]
 Description=Print the virtlet guest-ready marker on the serial console
 After=cloud-final.service ssh.service
-Wants=cloud-final.service
 
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/virtlet-guest-ready
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=cloud-init.target
 EOF
-	mkdir -p "$rootdir/etc/systemd/system/multi-user.target.wants"
-	ln -sf /etc/systemd/system/virtlet-guest-ready.service "$rootdir/etc/systemd/system/multi-user.target.wants/virtlet-guest-ready.service"
+	# cloud-final runs after multi-user.target: hang the unit on cloud-init.target
+	mkdir -p "$rootdir/etc/systemd/system/cloud-init.target.wants"
+	ln -sf /etc/systemd/system/virtlet-guest-ready.service "$rootdir/etc/systemd/system/cloud-init.target.wants/virtlet-guest-ready.service"
 	# no resume device: avoids the initramfs waiting for one
 	mkdir -p "$rootdir/etc/initramfs-tools/conf.d"
 	echo RESUME=none >"$rootdir/etc/initramfs-tools/conf.d/resume"

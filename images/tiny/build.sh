@@ -48,8 +48,7 @@ build_tiny() {
 
 	# ---- inputs: scripts + exact package versions ----
 	local kpkg kver_pkg libs lib p inputs
-	kpkg=$(apt_meta_target linux-image-cloud-amd64 linux-image-)
-	kver_pkg=$(apt_candidate "$kpkg")
+	read -r kpkg kver_pkg <<<"$(apt_meta_target linux-image-cloud-amd64 linux-image-)"
 	libs=$( (ldd "$dbr"; ldd "$dbk") | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 	inputs="scripts $(scripts_hash tiny)
 kernel $kpkg $kver_pkg
@@ -57,8 +56,13 @@ busybox-static $(pkg_version busybox-static)
 dropbear-bin $(pkg_version dropbear-bin)
 syslinux $(pkg_version syslinux)
 syslinux-common $(pkg_version syslinux-common)"
+	# one dpkg -S for all libraries (each call reads the whole file database)
+	local owners
+	# shellcheck disable=SC2086
+	owners=$(dpkg -S $libs 2>/dev/null) || true
 	for lib in $libs; do
-		p=$(file_pkg "$lib") || die "cannot find the Debian package of $lib"
+		p=$(printf '%s\n' "$owners" | awk -v f="$lib" '$NF == f { sub(/:.*/, "", $1); print $1; exit }')
+		[ -n "$p" ] || p=$(file_pkg "$lib") || die "cannot find the Debian package of $lib"
 		inputs="$inputs
 lib $lib $p $(pkg_version "$p")"
 	done

@@ -1,40 +1,55 @@
-//! CRI RuntimeService. `Version`, `Status` and `RuntimeConfig` are real; the pod and container
-//! calls answer UNIMPLEMENTED until the VM runtime lands.
+//! CRI RuntimeService: requests become manager calls; records become CRI messages. Exec,
+//! attach and port-forward answer UNIMPLEMENTED until the streaming server lands.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use k8s_cri::v1 as api;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, info_span};
+use virtlet_manager::{
+    ContainerRecord, Manager, SandboxRecord, container_cri_state, now_ns, sandbox_cri_state,
+};
+use virtlet_vm::VmStats;
 
+use crate::status::manager_error_status;
 use crate::{RUNTIME_API_VERSION, RUNTIME_NAME};
 
 pub struct RuntimeServer {
     version: String,
+    manager: Arc<Manager>,
+    /// How VMs run here (`KVM` or `TCG ...`), for Status's verbose info.
+    accel: String,
 }
 
 impl RuntimeServer {
-    /// `version` is the daemon's version, reported by `Version`.
-    pub fn new(version: impl Into<String>) -> RuntimeServer {
+    pub fn new(
+        version: impl Into<String>,
+        manager: Arc<Manager>,
+        accel: impl Into<String>,
+    ) -> RuntimeServer {
         RuntimeServer {
             version: version.into(),
+            manager,
+            accel: accel.into(),
         }
     }
 }
 
-fn not_yet(call: &str) -> Status {
+fn not_yet(call: &str, why: &str) -> Status {
     tracing::debug!(call, "unimplemented CRI call");
     Status::unimplemented(format!(
-        "{call} is not implemented yet by this virtlet version: it serves the image service only, \
-         running VM pods comes in a later version"
+        "{call} is not implemented by this virtlet version: {why}"
     ))
 }
 
 /// Stubs in the shape `#[tonic::async_trait]` gives trait methods (the attribute does not look
 /// inside macro invocations, so they are written desugared).
 macro_rules! unimplemented_calls {
-    ($($method:ident($req:ident) -> $resp:ident = $name:literal;)*) => {$(
+    ($($method:ident($req:ident) -> $resp:ident = $name:literal, $why:literal;)*) => {$(
         fn $method<'life0, 'async_trait>(
             &'life0 self,
             _request: Request<api::$req>,
@@ -43,7 +58,7 @@ macro_rules! unimplemented_calls {
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(async move { Err(not_yet($name)) })
+            Box::pin(async move { Err(not_yet($name, $why)) })
         }
     )*};
 }
@@ -58,6 +73,165 @@ fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> api::Runti
         reason: reason.to_owned(),
         message: message.to_owned(),
     }
+}
+
+fn sandbox_status(s: &SandboxRecord) -> api::PodSandboxStatus {
+    api::PodSandboxStatus {
+        id: s.id.clone(),
+        metadata: s.config.metadata.clone(),
+        state: sandbox_cri_state(s.state),
+        created_at: s.created_at_ns,
+        network: Some(api::PodSandboxNetworkStatus::default()),
+        linux: Some(api::LinuxPodSandboxStatus {
+            namespaces: Some(api::Namespace {
+                options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Pod as i32,
+                    pid: api::NamespaceMode::Pod as i32,
+                    ipc: api::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: s.config.labels.clone(),
+        annotations: s.config.annotations.clone(),
+        runtime_handler: s.runtime_handler.clone(),
+    }
+}
+
+fn container_status(c: &ContainerRecord) -> api::ContainerStatus {
+    let exit = c.exit.clone().unwrap_or(virtlet_manager::Exit {
+        code: 0,
+        reason: String::new(),
+        message: String::new(),
+    });
+    api::ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: container_cri_state(c.state),
+        created_at: c.created_at_ns,
+        started_at: c.started_at_ns,
+        finished_at: c.finished_at_ns,
+        exit_code: exit.code,
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        reason: exit.reason,
+        message: exit.message,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        image_id: c.image_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn container(c: &ContainerRecord) -> api::Container {
+    api::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.sandbox_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        state: container_cri_state(c.state),
+        created_at: c.created_at_ns,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+fn u64v(value: u64) -> Option<api::UInt64Value> {
+    Some(api::UInt64Value { value })
+}
+
+fn container_stats(c: &ContainerRecord, s: &VmStats) -> api::ContainerStats {
+    let ts = now_ns();
+    api::ContainerStats {
+        attributes: Some(api::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+        }),
+        cpu: Some(api::CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: u64v(s.cpu_ns),
+            ..Default::default()
+        }),
+        memory: Some(api::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: u64v(s.memory_bytes),
+            usage_bytes: u64v(s.memory_bytes),
+            rss_bytes: u64v(s.memory_bytes),
+            ..Default::default()
+        }),
+        writable_layer: Some(api::FilesystemUsage {
+            timestamp: ts,
+            fs_id: None,
+            used_bytes: u64v(s.disk_bytes),
+            inodes_used: u64v(1),
+        }),
+        swap: None,
+    }
+}
+
+fn json_info(value: impl serde::Serialize) -> HashMap<String, String> {
+    HashMap::from([(
+        "info".to_owned(),
+        serde_json::to_string(&value).unwrap_or_default(),
+    )])
+}
+
+impl RuntimeServer {
+    async fn sandbox_stats(&self, s: &SandboxRecord) -> api::PodSandboxStats {
+        let mut containers = Vec::new();
+        let mut total = VmStats::default();
+        for c in self.manager.list_containers(Some(&api::ContainerFilter {
+            pod_sandbox_id: s.id.clone(),
+            ..Default::default()
+        })) {
+            if let Ok((rec, st)) = self.manager.stats(&c.id).await {
+                total.cpu_ns += st.cpu_ns;
+                total.memory_bytes += st.memory_bytes;
+                total.disk_bytes += st.disk_bytes;
+                containers.push(container_stats(&rec, &st));
+            }
+        }
+        let ts = now_ns();
+        api::PodSandboxStats {
+            attributes: Some(api::PodSandboxAttributes {
+                id: s.id.clone(),
+                metadata: s.config.metadata.clone(),
+                labels: s.config.labels.clone(),
+                annotations: s.config.annotations.clone(),
+            }),
+            linux: Some(api::LinuxPodSandboxStats {
+                cpu: Some(api::CpuUsage {
+                    timestamp: ts,
+                    usage_core_nano_seconds: u64v(total.cpu_ns),
+                    ..Default::default()
+                }),
+                memory: Some(api::MemoryUsage {
+                    timestamp: ts,
+                    working_set_bytes: u64v(total.memory_bytes),
+                    usage_bytes: u64v(total.memory_bytes),
+                    ..Default::default()
+                }),
+                network: None,
+                process: None,
+                containers,
+            }),
+            windows: None,
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..13.min(id.len())]
 }
 
 #[tonic::async_trait]
@@ -76,7 +250,7 @@ impl RuntimeService for RuntimeServer {
 
     async fn status(
         &self,
-        _request: Request<api::StatusRequest>,
+        request: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
         Ok(Response::new(api::StatusResponse {
             status: Some(api::RuntimeStatus {
@@ -86,10 +260,15 @@ impl RuntimeService for RuntimeServer {
                         "NetworkReady",
                         false,
                         "NetworkNotImplemented",
-                        "pod networking is not implemented by this virtlet version",
+                        "pod networking (CNI) is not implemented by this virtlet version: pods get a network namespace with loopback only",
                     ),
                 ],
             }),
+            info: if request.into_inner().verbose {
+                json_info(serde_json::json!({ "accelerator": self.accel }))
+            } else {
+                HashMap::new()
+            },
             ..api::StatusResponse::default()
         }))
     }
@@ -105,40 +284,323 @@ impl RuntimeService for RuntimeServer {
         }))
     }
 
+    async fn update_runtime_config(
+        &self,
+        _request: Request<api::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<api::UpdateRuntimeConfigResponse>, Status> {
+        Ok(Response::new(api::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<api::RunPodSandboxRequest>,
+    ) -> Result<Response<api::RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is missing"))?;
+        let span = info_span!("RunPodSandbox", pod = %config.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default());
+        let id = self
+            .manager
+            .run_pod_sandbox(config, req.runtime_handler)
+            .instrument(span)
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<api::StopPodSandboxRequest>,
+    ) -> Result<Response<api::StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        self.manager
+            .stop_pod_sandbox(&id)
+            .instrument(info_span!("StopPodSandbox", id = %short(&id)))
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<api::RemovePodSandboxRequest>,
+    ) -> Result<Response<api::RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        self.manager
+            .remove_pod_sandbox(&id)
+            .instrument(info_span!("RemovePodSandbox", id = %short(&id)))
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<api::PodSandboxStatusRequest>,
+    ) -> Result<Response<api::PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        let s = self
+            .manager
+            .sandbox(&req.pod_sandbox_id)
+            .map_err(|e| manager_error_status(&e))?;
+        let containers: Vec<api::ContainerStatus> = self
+            .manager
+            .list_containers(Some(&api::ContainerFilter {
+                pod_sandbox_id: s.id.clone(),
+                ..Default::default()
+            }))
+            .iter()
+            .map(container_status)
+            .collect();
+        Ok(Response::new(api::PodSandboxStatusResponse {
+            status: Some(sandbox_status(&s)),
+            info: if req.verbose {
+                json_info(serde_json::json!({
+                    "netns": s.netns,
+                    "rootDisk": s.root_disk.as_ref().map(|r| &r.path),
+                    "state": format!("{:?}", s.state),
+                }))
+            } else {
+                HashMap::new()
+            },
+            containers_statuses: containers,
+            timestamp: now_ns(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<api::ListPodSandboxRequest>,
+    ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .manager
+            .list_sandboxes(filter.as_ref())
+            .iter()
+            .map(|s| api::PodSandbox {
+                id: s.id.clone(),
+                metadata: s.config.metadata.clone(),
+                state: sandbox_cri_state(s.state),
+                created_at: s.created_at_ns,
+                labels: s.config.labels.clone(),
+                annotations: s.config.annotations.clone(),
+                runtime_handler: s.runtime_handler.clone(),
+            })
+            .collect();
+        Ok(Response::new(api::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<api::CreateContainerRequest>,
+    ) -> Result<Response<api::CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is missing"))?;
+        let span = info_span!("CreateContainer", sandbox = %short(&req.pod_sandbox_id));
+        let id = self
+            .manager
+            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+            .instrument(span)
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::CreateContainerResponse {
+            container_id: id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<api::StartContainerRequest>,
+    ) -> Result<Response<api::StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.manager
+            .start_container(&id)
+            .instrument(info_span!("StartContainer", id = %short(&id)))
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<api::StopContainerRequest>,
+    ) -> Result<Response<api::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        self.manager
+            .stop_container(&req.container_id, req.timeout)
+            .instrument(
+                info_span!("StopContainer", id = %short(&req.container_id), timeout = req.timeout),
+            )
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<api::RemoveContainerRequest>,
+    ) -> Result<Response<api::RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.manager
+            .remove_container(&id)
+            .instrument(info_span!("RemoveContainer", id = %short(&id)))
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<api::ListContainersRequest>,
+    ) -> Result<Response<api::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = self
+            .manager
+            .list_containers(filter.as_ref())
+            .iter()
+            .map(container)
+            .collect();
+        Ok(Response::new(api::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<api::ContainerStatusRequest>,
+    ) -> Result<Response<api::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        let c = self
+            .manager
+            .container(&req.container_id)
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::ContainerStatusResponse {
+            status: Some(container_status(&c)),
+            info: if req.verbose {
+                json_info(serde_json::json!({
+                    "domain": c.domain_name,
+                    "consoleSocket": c.console_socket,
+                    "state": format!("{:?}", c.state),
+                }))
+            } else {
+                HashMap::new()
+            },
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<api::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<api::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        self.manager
+            .update_resources(&req.container_id, req.linux)
+            .instrument(info_span!("UpdateContainerResources", id = %short(&req.container_id)))
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<api::ReopenContainerLogRequest>,
+    ) -> Result<Response<api::ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.manager
+            .reopen_log(&id)
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::ReopenContainerLogResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<api::ContainerStatsRequest>,
+    ) -> Result<Response<api::ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let (rec, stats) = self
+            .manager
+            .stats(&id)
+            .await
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::ContainerStatsResponse {
+            stats: Some(container_stats(&rec, &stats)),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<api::ListContainerStatsRequest>,
+    ) -> Result<Response<api::ListContainerStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = api::ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            label_selector: f.label_selector,
+            state: None,
+        };
+        let mut stats = Vec::new();
+        for c in self.manager.list_containers(Some(&filter)) {
+            if let Ok((rec, s)) = self.manager.stats(&c.id).await {
+                stats.push(container_stats(&rec, &s));
+            }
+        }
+        Ok(Response::new(api::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<api::PodSandboxStatsRequest>,
+    ) -> Result<Response<api::PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let s = self
+            .manager
+            .sandbox(&id)
+            .map_err(|e| manager_error_status(&e))?;
+        Ok(Response::new(api::PodSandboxStatsResponse {
+            stats: Some(self.sandbox_stats(&s).await),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<api::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<api::ListPodSandboxStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = api::PodSandboxFilter {
+            id: f.id,
+            label_selector: f.label_selector,
+            state: None,
+        };
+        let mut stats = Vec::new();
+        for s in self.manager.list_sandboxes(Some(&filter)) {
+            stats.push(self.sandbox_stats(&s).await);
+        }
+        Ok(Response::new(api::ListPodSandboxStatsResponse { stats }))
+    }
+
     type GetContainerEventsStream = EventStream;
 
     async fn get_container_events(
         &self,
         _request: Request<api::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        Err(not_yet(
+            "GetContainerEvents",
+            "the kubelet's generic (polling) PLEG works with virtlet",
+        ))
     }
 
     unimplemented_calls! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
-        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", "exec into a VM needs the QEMU guest agent, which a later version will use";
+        exec(ExecRequest) -> ExecResponse = "Exec", "exec into a VM needs the QEMU guest agent, which a later version will use";
+        attach(AttachRequest) -> AttachResponse = "Attach", "the streaming server (serial console attach) comes in a later version";
+        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward", "the streaming server comes in a later version";
+        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer", "VM checkpoints are not supported";
+        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors", "use the CRI stats calls";
+        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics", "use the CRI stats calls";
     }
 }

@@ -1,6 +1,7 @@
 //! Errors to gRPC status codes: the only place that decides them.
 
 use virtlet_image::{ErrorKind, ImageError};
+use virtlet_manager::ManagerError;
 
 fn code(kind: ErrorKind) -> tonic::Code {
     match kind {
@@ -25,4 +26,14 @@ pub fn image_error_status(e: &ImageError) -> tonic::Status {
         tracing::warn!("{e}");
     }
     tonic::Status::new(code(kind), e.to_string())
+}
+
+/// The status for a manager error.
+pub fn manager_error_status(e: &ManagerError) -> tonic::Status {
+    if e.kind == ErrorKind::Internal {
+        tracing::error!("{e}");
+    } else {
+        tracing::warn!("{e}");
+    }
+    tonic::Status::new(code(e.kind), e.message.clone())
 }

@@ -6,28 +6,7 @@ use crate::format::FormatError;
 use crate::reference::ReferenceError;
 use crate::translation::ConfigProblem;
 
-/// The kinds of failure, as callers need to tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request itself is wrong.
-    InvalidArgument,
-    /// The image or its source does not exist.
-    NotFound,
-    /// The source refused us.
-    PermissionDenied,
-    /// The source could not be reached or failed; trying later may work.
-    Unavailable,
-    /// The source was too slow.
-    DeadlineExceeded,
-    /// No room for the image.
-    ResourceExhausted,
-    /// The source or the node's settings are not in a state that allows this.
-    FailedPrecondition,
-    /// The content is not what was pinned.
-    DataLoss,
-    /// A fault of virtlet or its host.
-    Internal,
-}
+pub use virtlet_core::ErrorKind;
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,31 @@ const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const IMAGE_USERS: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("image_users");
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+/// Tables of records kept as JSON by ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordTable {
+    Sandboxes,
+    Containers,
+}
+
+impl RecordTable {
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            RecordTable::Sandboxes => SANDBOXES,
+            RecordTable::Containers => CONTAINERS,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RecordTable::Sandboxes => "sandboxes",
+            RecordTable::Containers => "containers",
+        }
+    }
+}
 
 const SCHEMA_KEY: &str = "schema_version";
 
@@ -128,6 +153,8 @@ impl Store {
             }
             txn.open_table(IMAGES)?;
             txn.open_multimap_table(IMAGE_USERS)?;
+            txn.open_table(SANDBOXES)?;
+            txn.open_table(CONTAINERS)?;
         }
         txn.commit()?;
         Ok(Store { db })
@@ -229,6 +256,53 @@ impl Store {
         Ok(used)
     }
 
+    /// Writes `record` under `id` in `table`.
+    pub fn put_record<T: Serialize>(
+        &self,
+        table: RecordTable,
+        id: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
+            table: table.name(),
+            key: id.to_owned(),
+            source,
+        })?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(table.def())?.insert(id, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes `id` from `table` (absent is fine).
+    pub fn delete_record(&self, table: RecordTable, id: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(table.def())?.remove(id)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every record of `table`.
+    pub fn records<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: RecordTable,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.def())?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    table: table.name(),
+                    key: k.value().to_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// The users of `digest`, sorted.
     pub fn image_users(&self, digest: &str) -> Result<Vec<String>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -315,6 +389,27 @@ mod tests {
             .unwrap();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.image("a").unwrap().unwrap().digest, "d1");
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store
+            .put_record(RecordTable::Sandboxes, "a", &vec![1, 2])
+            .unwrap();
+        store
+            .put_record(RecordTable::Sandboxes, "b", &vec![3])
+            .unwrap();
+        store
+            .put_record(RecordTable::Containers, "c", &vec![4])
+            .unwrap();
+        let s: Vec<Vec<i32>> = store.records(RecordTable::Sandboxes).unwrap();
+        assert_eq!(s, vec![vec![1, 2], vec![3]]);
+        store.delete_record(RecordTable::Sandboxes, "a").unwrap();
+        store.delete_record(RecordTable::Sandboxes, "a").unwrap();
+        let s: Vec<Vec<i32>> = store.records(RecordTable::Sandboxes).unwrap();
+        assert_eq!(s, vec![vec![3]]);
     }
 
     #[test]

@@ -117,6 +117,36 @@ pub const SETTINGS: &[Setting] = &[
         "0",
         "log verbosity: 0 info, 1-2 debug, 3+ trace",
     ),
+    s(
+        "vm-dir",
+        "VIRTLET_VM_DIR",
+        "/var/lib/virtlet/vms",
+        "per-pod VM files (root disks)",
+    ),
+    s(
+        "run-dir",
+        "VIRTLET_RUN_DIR",
+        "/run/virtlet",
+        "runtime files (VM console sockets)",
+    ),
+    s(
+        "netns-dir",
+        "VIRTLET_NETNS_DIR",
+        "/var/run/netns",
+        "where pod network namespaces are mounted",
+    ),
+    s(
+        "vmwrapper",
+        "VIRTLET_VMWRAPPER",
+        "",
+        "the emulator libvirt runs (default: vmwrapper next to the virtlet binary)",
+    ),
+    s(
+        "qemu",
+        "VIRTLET_QEMU",
+        "/usr/bin/qemu-system-x86_64",
+        "the QEMU binary (KVM probe; vmwrapper runs the same default)",
+    ),
 ];
 
 /// The effective configuration.
@@ -136,6 +166,11 @@ pub struct Config {
     pub raw_devices: Vec<String>,
     pub cpu_model: String,
     pub log_level: u8,
+    pub vm_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub vmwrapper: Option<PathBuf>,
+    pub qemu: PathBuf,
     /// Effective value of every setting, by env name, for `--dump-config`.
     pub values: BTreeMap<&'static str, String>,
 }
@@ -322,6 +357,14 @@ impl Config {
             raw_devices,
             cpu_model,
             log_level,
+            vm_dir: abs("VIRTLET_VM_DIR")?,
+            run_dir: abs("VIRTLET_RUN_DIR")?,
+            netns_dir: abs("VIRTLET_NETNS_DIR")?,
+            vmwrapper: match get("VIRTLET_VMWRAPPER") {
+                v if v.is_empty() => None,
+                _ => Some(abs("VIRTLET_VMWRAPPER")?),
+            },
+            qemu: abs("VIRTLET_QEMU")?,
             values,
         })
     }

@@ -11,9 +11,13 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
+use virtlet_core::annotations::CpuModel;
+use virtlet_core::vmspec::DomainType;
 use virtlet_cri::{ImageServer, RuntimeServer};
 use virtlet_image::{ImageStore, ImageStoreConfig};
+use virtlet_manager::{Manager, ManagerConfig};
 use virtlet_store::{Store, StoreError};
+use virtlet_vm::Libvirt;
 
 use crate::config::Config;
 
@@ -106,6 +110,50 @@ pub async fn run(config: Config) -> Result<()> {
     );
     images.gc().context("image store GC failed")?;
 
+    let kvm = virtlet_vm::kvm::probe(&config.qemu, config.disable_kvm).await;
+    let (domain_type, accel) = if kvm.usable {
+        (DomainType::Kvm, format!("KVM ({})", kvm.detail))
+    } else {
+        (
+            DomainType::Qemu,
+            format!("TCG emulation, KVM not used: {}", kvm.detail),
+        )
+    };
+    info!(accelerator = %accel, "VMs will run with {}", if kvm.usable { "KVM" } else { "TCG" });
+    let uri = config.libvirt_uri.clone();
+    let libvirt = Arc::new(
+        tokio::task::spawn_blocking(move || Libvirt::connect(&uri))
+            .await
+            .context("libvirt connect task failed")??,
+    );
+    let vmwrapper = match &config.vmwrapper {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find the virtlet binary's directory")?
+            .with_file_name("vmwrapper"),
+    };
+    if libvirt.runs_qemu() && !vmwrapper.exists() {
+        bail!(
+            "the VM emulator wrapper {} does not exist (build it with `cargo build -p vmwrapper`, or set --vmwrapper)",
+            vmwrapper.display()
+        );
+    }
+    let manager = Manager::start(
+        ManagerConfig {
+            vm_dir: config.vm_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            netns_dir: config.netns_dir.clone(),
+            vmwrapper,
+            domain_type,
+            cpu_model: (config.cpu_model == "host-model").then_some(CpuModel::HostModel),
+        },
+        store.clone(),
+        images.clone(),
+        libvirt,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot recover pods and VMs: {e}"))?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RuntimeServiceServer<RuntimeServer>>()
@@ -114,9 +162,13 @@ pub async fn run(config: Config) -> Result<()> {
         .set_serving::<ImageServiceServer<ImageServer>>()
         .await;
 
-    let runtime = RuntimeServiceServer::new(RuntimeServer::new(env!("CARGO_PKG_VERSION")))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let runtime = RuntimeServiceServer::new(RuntimeServer::new(
+        env!("CARGO_PKG_VERSION"),
+        manager,
+        accel,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(ImageServer::new(images))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

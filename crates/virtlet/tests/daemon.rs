@@ -52,11 +52,15 @@ async fn serves_version_status_health_on_a_private_socket() {
     );
 
     let err = rt
-        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest::default())
+        .exec_sync(k8s_cri::v1::ExecSyncRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("ExecSync") && err.message().contains("guest agent"),
+        "{}",
+        err.message()
+    );
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await);
     for service in ["", "runtime.v1.RuntimeService", "runtime.v1.ImageService"] {

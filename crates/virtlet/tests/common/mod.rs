@@ -26,12 +26,15 @@ pub struct Daemon {
     pub translations_dir: PathBuf,
     pub db: PathBuf,
     pub log: PathBuf,
+    pub libvirt_uri: String,
 }
 
 pub struct Options {
     pub image_dir: Option<PathBuf>,
     pub protocol: &'static str,
     pub extra_env: Vec<(String, String)>,
+    /// `test:///default` unless a test boots real VMs.
+    pub libvirt_uri: &'static str,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             image_dir: None,
             protocol: "http",
             extra_env: Vec::new(),
+            libvirt_uri: "test:///default",
         }
     }
 }
@@ -69,6 +73,7 @@ impl Daemon {
             translations_dir,
             db,
             log,
+            libvirt_uri: opts.libvirt_uri.to_owned(),
         };
         d.spawn(opts.protocol, &opts.extra_env).await;
         d
@@ -85,8 +90,18 @@ impl Daemon {
             .arg("--image-translation-configs-dir")
             .arg(&self.translations_dir)
             .args(["--image-download-protocol", protocol, "--v", "1"])
+            .args(["--libvirt-uri", &self.libvirt_uri])
+            .arg("--vm-dir")
+            .arg(self.dir.path().join("vms"))
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run"))
+            .arg("--netns-dir")
+            .arg(self.dir.path().join("netns"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
+        if self.libvirt_uri.starts_with("test:") {
+            cmd.arg("--disable-kvm");
+        }
         for (k, _) in std::env::vars() {
             if k.starts_with("VIRTLET_") || k == "KUBELET_ROOT_DIR" {
                 cmd.env_remove(k);

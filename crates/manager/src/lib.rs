@@ -1,0 +1,1088 @@
+//! The pod and container lifecycle of virtlet. A pod sandbox is a network namespace and
+//! metadata; its one container is a libvirt domain. Every state change goes through the state
+//! machines in `virtlet_core::state`, is written to the store before the side effect that
+//! would leave something behind (so startup recovery can finish or undo it), and is mirrored in
+//! an in-memory cache that answers the kubelet's List/Status calls without touching libvirt.
+//!
+//! Calls on one pod are serialized by a per-pod lock; calls on different pods run in parallel.
+
+mod error;
+mod filters;
+pub mod netns;
+mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1::{
+    ContainerConfig, ContainerFilter, LinuxContainerResources, NamespaceMode, PodSandboxConfig,
+    PodSandboxFilter,
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+use virtlet_core::annotations::CpuModel;
+use virtlet_core::vmspec::{self, DiskFormat, DomainType, NodeChoices, PodFacts};
+use virtlet_core::{ContainerState, ErrorKind, SandboxState, VmAnnotations, naming};
+use virtlet_image::ImageStore;
+use virtlet_store::{RecordTable, Store};
+use virtlet_vm::console::{self, ConsoleLog};
+use virtlet_vm::{DomainStatus, Libvirt, VmStats, domain_xml};
+
+pub use error::ManagerError;
+pub use records::{ContainerRecord, Exit, RootDisk, SandboxRecord};
+
+type Result<T> = std::result::Result<T, ManagerError>;
+
+/// How often running VMs are checked for having stopped.
+const EXIT_POLL: Duration = Duration::from_millis(500);
+/// How long StartContainer waits for QEMU's console socket.
+const CONSOLE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where the manager keeps things, and what the node decided.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Per-pod directories (root disks).
+    pub vm_dir: PathBuf,
+    /// Console sockets (kept short: unix socket paths are limited to 108 bytes).
+    pub run_dir: PathBuf,
+    /// Network namespaces.
+    pub netns_dir: PathBuf,
+    /// The emulator libvirt runs (`vmwrapper`).
+    pub vmwrapper: PathBuf,
+    pub domain_type: DomainType,
+    pub cpu_model: Option<CpuModel>,
+}
+
+pub struct Manager {
+    config: ManagerConfig,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    libvirt: Arc<Libvirt>,
+    sandboxes: RwLock<BTreeMap<String, SandboxRecord>>,
+    containers: RwLock<BTreeMap<String, ContainerRecord>>,
+    pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    consoles: Mutex<HashMap<String, Arc<ConsoleLog>>>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> ManagerError {
+    move |e| ManagerError::internal(format!("{what}: {e}"))
+}
+
+impl Manager {
+    /// Loads the records, reconciles them with libvirt and the disk (finishing or undoing
+    /// half-done work, removing what virtlet owns but no longer knows), and starts watching
+    /// running VMs.
+    pub async fn start(
+        config: ManagerConfig,
+        store: Arc<Store>,
+        images: Arc<ImageStore>,
+        libvirt: Arc<Libvirt>,
+    ) -> Result<Arc<Manager>> {
+        for dir in [
+            &config.vm_dir,
+            &config.run_dir.join("consoles"),
+            &config.netns_dir,
+        ] {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(format!("cannot create {}", dir.display())))?;
+        }
+        let sandboxes: Vec<SandboxRecord> = store.records(RecordTable::Sandboxes)?;
+        let containers: Vec<ContainerRecord> = store.records(RecordTable::Containers)?;
+        let m = Arc::new(Manager {
+            config,
+            store,
+            images,
+            libvirt,
+            sandboxes: RwLock::new(sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            containers: RwLock::new(containers.into_iter().map(|c| (c.id.clone(), c)).collect()),
+            pod_locks: Mutex::new(HashMap::new()),
+            consoles: Mutex::new(HashMap::new()),
+        });
+        m.recover().await?;
+        let weak = Arc::downgrade(&m);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EXIT_POLL).await;
+                let Some(m) = weak.upgrade() else { break };
+                m.poll_exits().await;
+            }
+        });
+        Ok(m)
+    }
+
+    fn pod_lock(&self, sandbox_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.pod_locks)
+            .entry(sandbox_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn save_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
+        self.store
+            .put_record(RecordTable::Sandboxes, &rec.id, rec)?;
+        write(&self.sandboxes).insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    fn drop_sandbox(&self, id: &str) -> Result<()> {
+        self.store.delete_record(RecordTable::Sandboxes, id)?;
+        write(&self.sandboxes).remove(id);
+        lock(&self.pod_locks).remove(id);
+        Ok(())
+    }
+
+    fn save_container(&self, rec: &ContainerRecord) -> Result<()> {
+        self.store
+            .put_record(RecordTable::Containers, &rec.id, rec)?;
+        write(&self.containers).insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    fn drop_container(&self, id: &str) -> Result<()> {
+        self.store.delete_record(RecordTable::Containers, id)?;
+        write(&self.containers).remove(id);
+        lock(&self.consoles).remove(id);
+        Ok(())
+    }
+
+    // ----- queries (cache only) -----
+
+    pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        read(&self.sandboxes)
+            .get(id)
+            .filter(|s| !matches!(s.state, SandboxState::Creating | SandboxState::Removing))
+            .cloned()
+            .ok_or_else(|| ManagerError::not_found(format!("pod sandbox {id:?} does not exist")))
+    }
+
+    pub fn list_sandboxes(&self, filter: Option<&PodSandboxFilter>) -> Vec<SandboxRecord> {
+        read(&self.sandboxes)
+            .values()
+            .filter(|s| matches!(s.state, SandboxState::Ready | SandboxState::NotReady))
+            .filter(|s| match filter {
+                None => true,
+                Some(f) => {
+                    filters::id_matches(&f.id, &s.id)
+                        && f.state
+                            .as_ref()
+                            .is_none_or(|st| st.state == sandbox_cri_state(s.state))
+                        && filters::labels_match(&f.label_selector, &s.config.labels)
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        read(&self.containers)
+            .get(id)
+            .filter(|c| !matches!(c.state, ContainerState::Creating | ContainerState::Removing))
+            .cloned()
+            .ok_or_else(|| ManagerError::not_found(format!("container {id:?} does not exist")))
+    }
+
+    pub fn list_containers(&self, filter: Option<&ContainerFilter>) -> Vec<ContainerRecord> {
+        read(&self.containers)
+            .values()
+            .filter(|c| !matches!(c.state, ContainerState::Creating | ContainerState::Removing))
+            .filter(|c| match filter {
+                None => true,
+                Some(f) => {
+                    filters::id_matches(&f.id, &c.id)
+                        && filters::id_matches(&f.pod_sandbox_id, &c.sandbox_id)
+                        && f.state
+                            .as_ref()
+                            .is_none_or(|st| st.state == container_cri_state(c.state))
+                        && filters::labels_match(&f.label_selector, &c.config.labels)
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    // ----- pod sandboxes -----
+
+    /// Creates a pod sandbox: its network namespace (loopback only until pod networking
+    /// lands) and its record. Retried with the same config after a failure, it works; for a
+    /// pod whose sandbox of the same attempt is ready, it returns that sandbox.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: String,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| ManagerError::invalid("config.metadata is missing"))?;
+        for (field, value) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if value.is_empty() {
+                return Err(ManagerError::invalid(format!(
+                    "config.metadata.{field} is empty"
+                )));
+            }
+        }
+        if meta.uid.contains('/') || meta.uid.starts_with('.') {
+            return Err(ManagerError::invalid(format!(
+                "config.metadata.uid {:?} cannot name a network namespace",
+                meta.uid
+            )));
+        }
+        let host_network = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.network == NamespaceMode::Node as i32);
+        if host_network {
+            return Err(ManagerError::invalid(format!(
+                "pod {}/{} asks for the host network (hostNetwork: true); virtlet runs every pod as a VM with its own network",
+                meta.namespace, meta.name
+            )));
+        }
+        VmAnnotations::parse(&config.annotations)?;
+
+        if let Some(existing) = read(&self.sandboxes).values().find(|s| {
+            s.state == SandboxState::Ready
+                && s.config.metadata.as_ref().is_some_and(|m| {
+                    m.uid == meta.uid
+                        && m.attempt == meta.attempt
+                        && m.name == meta.name
+                        && m.namespace == meta.namespace
+                })
+        }) {
+            info!(sandbox = %existing.id, "pod sandbox already running for this pod and attempt");
+            return Ok(existing.id.clone());
+        }
+
+        let id = naming::new_id();
+        let span = info_span!("sandbox", id = %&id[..13], pod = %format!("{}/{}", meta.namespace, meta.name));
+        async {
+            let netns = self.netns_path(&meta.uid, &id);
+            let mut rec = SandboxRecord {
+                id: id.clone(),
+                state: SandboxState::Creating,
+                config,
+                runtime_handler,
+                created_at_ns: now_ns(),
+                netns: netns.clone(),
+                root_disk: None,
+            };
+            self.save_sandbox(&rec)?;
+            let made = blocking({
+                let netns = netns.clone();
+                move || netns::create(&netns)
+            })
+            .await?;
+            if let Err(e) = made {
+                let _ = self.drop_sandbox(&id);
+                return Err(ManagerError::internal(format!(
+                    "cannot create network namespace {}: {e}",
+                    netns.display()
+                )));
+            }
+            rec.state = rec.state.transition(SandboxState::Ready)?;
+            if let Err(e) = self.save_sandbox(&rec) {
+                let _ = netns::remove(&netns);
+                let _ = self.drop_sandbox(&id);
+                return Err(e);
+            }
+            info!(netns = %netns.display(), "pod sandbox ready");
+            Ok(id.clone())
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn netns_path(&self, pod_uid: &str, sandbox_id: &str) -> PathBuf {
+        let plain = self.config.netns_dir.join(pod_uid);
+        let taken = read(&self.sandboxes).values().any(|s| s.netns == plain) || plain.exists();
+        if taken {
+            self.config
+                .netns_dir
+                .join(format!("{pod_uid}-{}", &sandbox_id[..8]))
+        } else {
+            plain
+        }
+    }
+
+    /// Stops the pod: its VM is forced off; the sandbox becomes NOTREADY. Unknown or already
+    /// stopped sandboxes succeed.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let pod_lock = self.pod_lock(id);
+        let _held = pod_lock.lock().await;
+        let Some(mut rec) = read(&self.sandboxes).get(id).cloned() else {
+            return Ok(());
+        };
+        if rec.state != SandboxState::Ready && rec.state != SandboxState::NotReady {
+            return Ok(());
+        }
+        for c in self.containers_of(id) {
+            if matches!(c.state, ContainerState::Running | ContainerState::Created) {
+                self.stop_locked(&c.id, 0).await?;
+            }
+        }
+        rec.state = rec.state.transition(SandboxState::NotReady)?;
+        self.save_sandbox(&rec)?;
+        info!(sandbox = %&id[..13.min(id.len())], "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// Removes the pod: its containers, root disk, network namespace and record. Unknown
+    /// sandboxes succeed.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let pod_lock = self.pod_lock(id);
+        let _held = pod_lock.lock().await;
+        let Some(mut rec) = read(&self.sandboxes).get(id).cloned() else {
+            return Ok(());
+        };
+        rec.state = rec.state.transition(SandboxState::Removing)?;
+        self.save_sandbox(&rec)?;
+        self.finish_sandbox_removal(rec).await
+    }
+
+    async fn finish_sandbox_removal(&self, rec: SandboxRecord) -> Result<()> {
+        for c in self.containers_of(&rec.id) {
+            self.remove_locked(c).await?;
+        }
+        if let Some(root) = &rec.root_disk {
+            self.drop_root_disk(&rec.id, root)?;
+        }
+        let dir = self.config.vm_dir.join(&rec.id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ManagerError::internal(format!(
+                    "cannot remove {}: {e}",
+                    dir.display()
+                )));
+            }
+            _ => {}
+        }
+        let netns = rec.netns.clone();
+        blocking(move || netns::remove(&netns))
+            .await?
+            .map_err(io_err(format!(
+                "cannot remove network namespace {}",
+                rec.netns.display()
+            )))?;
+        self.drop_sandbox(&rec.id)?;
+        info!(sandbox = %&rec.id[..13.min(rec.id.len())], "pod sandbox removed");
+        Ok(())
+    }
+
+    fn drop_root_disk(&self, sandbox_id: &str, root: &RootDisk) -> Result<()> {
+        match std::fs::remove_file(&root.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ManagerError::internal(format!(
+                    "cannot remove {}: {e}",
+                    root.path.display()
+                )));
+            }
+            _ => {}
+        }
+        if let Ok(d) = virtlet_image::Digest::from_hex(&root.image_digest) {
+            self.images
+                .release(&d, sandbox_id)
+                .map_err(|e| ManagerError::internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        read(&self.containers)
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
+    }
+
+    // ----- containers -----
+
+    /// Defines the pod's VM. A second live container in a pod is refused; after the VM
+    /// exited, a new container boots the same root disk again.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<String> {
+        let pod_lock = self.pod_lock(sandbox_id);
+        let _held = pod_lock.lock().await;
+        let mut sandbox = self.sandbox(sandbox_id)?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(ManagerError::precondition(format!(
+                "pod sandbox {sandbox_id:?} is not ready (it was stopped); no VM can be created in it"
+            )));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| ManagerError::invalid("config.metadata is missing"))?;
+        if meta.name.is_empty() {
+            return Err(ManagerError::invalid("config.metadata.name is empty"));
+        }
+        let image = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| ManagerError::invalid("config.image.image is empty"))?;
+        if let Some(live) = self
+            .containers_of(sandbox_id)
+            .into_iter()
+            .find(|c| c.state.is_live())
+        {
+            return Err(ManagerError::precondition(format!(
+                "pod sandbox {sandbox_id:?} already has a VM: container {:?} ({}) is {:?}; a pod runs one VM",
+                live.id,
+                live.config
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.as_str())
+                    .unwrap_or(""),
+                live.state
+            )));
+        }
+        let pod_config = sandbox_config.unwrap_or_else(|| sandbox.config.clone());
+        let annotations = VmAnnotations::parse(&sandbox.config.annotations)?;
+        let image_info = self.images.status(&image).map_err(|e| match e.kind() {
+            ErrorKind::InvalidArgument => ManagerError::invalid(format!("config.image.image: {e}")),
+            _ => ManagerError::internal(e.to_string()),
+        })?;
+        let Some(image_info) = image_info else {
+            return Err(ManagerError::not_found(format!(
+                "image {image:?} is not present on this node; pull it first"
+            )));
+        };
+
+        let id = naming::new_id();
+        let span = info_span!("container", id = %&id[..13], sandbox = %&sandbox_id[..13.min(sandbox_id.len())]);
+        async {
+            let log_path = match (&pod_config.log_directory, &config.log_path) {
+                (dir, path) if !dir.is_empty() && !path.is_empty() => {
+                    Some(Path::new(dir).join(path))
+                }
+                _ => None,
+            };
+            let console_socket = self.libvirt.runs_qemu().then(|| {
+                self.config
+                    .run_dir
+                    .join("consoles")
+                    .join(format!("{}.sock", &id[..20]))
+            });
+            let meta_uid = sandbox
+                .config
+                .metadata
+                .as_ref()
+                .map(|m| m.uid.clone())
+                .unwrap_or_default();
+            let mut rec = ContainerRecord {
+                id: id.clone(),
+                sandbox_id: sandbox_id.to_owned(),
+                state: ContainerState::Creating,
+                config: config.clone(),
+                image_ref: image_info
+                    .repo_digests()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| image_info.id()),
+                image_id: image_info.id(),
+                domain_name: naming::domain_name(&id, &meta.name),
+                root_target: String::new(),
+                console_socket: console_socket.clone(),
+                log_path,
+                created_at_ns: now_ns(),
+                started_at_ns: 0,
+                finished_at_ns: 0,
+                exit: None,
+            };
+            self.save_container(&rec)?;
+
+            let domain_name = rec.domain_name.clone();
+            let undo = |m: &Manager, new_root: bool, sandbox: &SandboxRecord| {
+                let _ = m.libvirt.undefine(&domain_name);
+                if new_root && let Some(root) = &sandbox.root_disk {
+                    let _ = m.drop_root_disk(sandbox_id, root);
+                }
+                let _ = m.drop_container(&id);
+            };
+
+            // The pod's root disk: kept across VM restarts, remade only for another image.
+            let digest_hex = image_info.digest.hex();
+            let mut new_root = false;
+            let reuse = sandbox
+                .root_disk
+                .as_ref()
+                .is_some_and(|r| r.image_digest == digest_hex && r.path.exists());
+            if !reuse {
+                if let Some(old) = sandbox.root_disk.take() {
+                    self.drop_root_disk(sandbox_id, &old)?;
+                }
+                let (info, blob) = match self.images.acquire(&image_info.id(), sandbox_id) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        undo(self, false, &sandbox);
+                        return Err(ManagerError::new(e.kind(), e.to_string()));
+                    }
+                };
+                let dir = self.config.vm_dir.join(sandbox_id);
+                let path = dir.join("root.qcow2");
+                sandbox.root_disk = Some(RootDisk {
+                    path: path.clone(),
+                    image_digest: digest_hex.clone(),
+                });
+                new_root = true;
+                let size = annotations.root_volume_size;
+                let made = blocking(move || {
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    virtlet_vm::disk::create_overlay(
+                        &path,
+                        &blob,
+                        &info.format,
+                        info.virtual_size,
+                        size,
+                    )
+                    .map_err(|e| e.to_string())
+                })
+                .await?;
+                if let Err(e) =
+                    made.and_then(|()| self.save_sandbox(&sandbox).map_err(|e| e.to_string()))
+                {
+                    undo(self, true, &sandbox);
+                    return Err(ManagerError::internal(format!(
+                        "cannot create the root disk: {e}"
+                    )));
+                }
+            }
+
+            // One domain per pod: the exited VM's definition gives way to the new one.
+            for old in self.containers_of(sandbox_id) {
+                if old.id != id {
+                    let lv = self.libvirt.clone();
+                    let name = old.domain_name.clone();
+                    blocking(move || lv.undefine(&name)).await??;
+                }
+            }
+
+            let root = sandbox
+                .root_disk
+                .clone()
+                .ok_or_else(|| ManagerError::internal("root disk missing"))?;
+            let resources = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .unwrap_or_default();
+            let facts = PodFacts {
+                sandbox_id,
+                container_id: &id,
+                pod_uid: &meta_uid,
+                container_name: &meta.name,
+                memory_limit_bytes: resources.memory_limit_in_bytes,
+                cpu_shares: resources.cpu_shares,
+                cpu_quota: resources.cpu_quota,
+                cpu_period: resources.cpu_period,
+            };
+            let node = NodeChoices {
+                domain_type: self.config.domain_type,
+                emulator: self.config.vmwrapper.clone(),
+                cpu_model: self.config.cpu_model,
+                root_disk: root.path.clone(),
+                root_format: DiskFormat::Qcow2,
+                console_socket,
+                netns: Some(sandbox.netns.clone()),
+            };
+            let spec = vmspec::build(&facts, &annotations, &node);
+            rec.root_target = spec.disks[0].target.clone();
+            let xml = domain_xml::render(&spec);
+            debug!(domain = %spec.domain_name, "defining domain:\n{xml}");
+            let lv = self.libvirt.clone();
+            let name = spec.domain_name.clone();
+            if let Err(e) = blocking(move || lv.define(&name, &xml)).await? {
+                undo(self, new_root, &sandbox);
+                if new_root {
+                    sandbox.root_disk = None;
+                    let _ = self.save_sandbox(&sandbox);
+                }
+                return Err(ManagerError::internal(format!("cannot define the VM: {e}")));
+            }
+            rec.state = rec.state.transition(ContainerState::Created)?;
+            self.save_container(&rec)?;
+            info!(domain = %rec.domain_name, image = %image, vcpus = spec.vcpus,
+                  memory_mib = spec.memory_bytes >> 20, kind = ?spec.domain_type, "VM defined");
+            Ok(id.clone())
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn sandbox_of(&self, container_id: &str) -> Result<String> {
+        Ok(self.container(container_id)?.sandbox_id)
+    }
+
+    /// Boots the VM; its serial console goes to the container log.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let sandbox_id = self.sandbox_of(id)?;
+        let pod_lock = self.pod_lock(&sandbox_id);
+        let _held = pod_lock.lock().await;
+        let mut rec = self.container(id)?;
+        if rec.state != ContainerState::Created {
+            return Err(ManagerError::precondition(format!(
+                "container {id:?} is {:?}; only a created container can be started",
+                rec.state
+            )));
+        }
+        let span = info_span!("start", id = %&id[..13.min(id.len())], domain = %rec.domain_name);
+        async {
+            let lv = self.libvirt.clone();
+            let name = rec.domain_name.clone();
+            let paused = rec.console_socket.is_some();
+            if let Err(e) = blocking(move || lv.start(&name, paused)).await? {
+                rec.state = rec.state.transition(ContainerState::Exited)?;
+                rec.finished_at_ns = now_ns();
+                rec.exit = Some(Exit {
+                    code: 128,
+                    reason: "StartError".into(),
+                    message: e.to_string(),
+                });
+                self.save_container(&rec)?;
+                return Err(ManagerError::internal(format!("cannot start the VM: {e}")));
+            }
+            if let Some(socket) = rec.console_socket.clone() {
+                self.attach_console(&rec, &socket).await;
+                let lv = self.libvirt.clone();
+                let name = rec.domain_name.clone();
+                blocking(move || lv.resume(&name)).await??;
+            }
+            rec.state = rec.state.transition(ContainerState::Running)?;
+            rec.started_at_ns = now_ns();
+            self.save_container(&rec)?;
+            info!("VM started");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attach_console(&self, rec: &ContainerRecord, socket: &Path) {
+        let log_path = rec.log_path.clone().unwrap_or_else(|| {
+            self.config
+                .vm_dir
+                .join(&rec.sandbox_id)
+                .join(format!("{}.log", rec.id))
+        });
+        let log = match ConsoleLog::open(&log_path) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(path = %log_path.display(), "cannot open the container log; console output is lost: {e}");
+                return;
+            }
+        };
+        match console::connect(socket, CONSOLE_PATIENCE).await {
+            Ok(stream) => {
+                lock(&self.consoles).insert(rec.id.clone(), log.clone());
+                tokio::spawn(console::pump(stream, log));
+            }
+            Err(e) => warn!(socket = %socket.display(), "cannot connect to the VM console: {e}"),
+        }
+    }
+
+    /// Stops the VM: the ACPI power button, pressed again every second until `timeout_s`,
+    /// then forced off. Stopping a stopped container succeeds.
+    pub async fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+        let sandbox_id = self.sandbox_of(id)?;
+        let pod_lock = self.pod_lock(&sandbox_id);
+        let _held = pod_lock.lock().await;
+        self.stop_locked(id, timeout_s).await
+    }
+
+    async fn stop_locked(&self, id: &str, timeout_s: i64) -> Result<()> {
+        let mut rec = self.container(id)?;
+        if !matches!(rec.state, ContainerState::Running | ContainerState::Created) {
+            return Ok(());
+        }
+        let span =
+            info_span!("stop", id = %&id[..13.min(id.len())], domain = %rec.domain_name, timeout_s);
+        async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.max(0).unsigned_abs());
+            let mut forced = false;
+            let mut last_press = None::<tokio::time::Instant>;
+            let exit = loop {
+                let lv = self.libvirt.clone();
+                let name = rec.domain_name.clone();
+                match blocking(move || lv.status(&name)).await?? {
+                    None => break None,
+                    Some(DomainStatus::ShutOff(e)) => break Some(e),
+                    Some(_) => {}
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    let lv = self.libvirt.clone();
+                    let name = rec.domain_name.clone();
+                    blocking(move || lv.destroy(&name)).await??;
+                    forced = true;
+                    continue;
+                }
+                if last_press.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    let lv = self.libvirt.clone();
+                    let name = rec.domain_name.clone();
+                    blocking(move || lv.shutdown(&name)).await??;
+                    last_press = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let exit = match (rec.state, forced, exit) {
+                (ContainerState::Created, _, _) => Exit {
+                    code: 0,
+                    reason: "NeverStarted".into(),
+                    message: "stopped before it was started".into(),
+                },
+                (_, true, _) => Exit {
+                    code: 137,
+                    reason: "Killed".into(),
+                    message: format!(
+                        "the guest did not power off within {timeout_s} s of the ACPI power button; it was forced off"
+                    ),
+                },
+                (_, false, Some(e)) => Exit {
+                    code: e.code,
+                    reason: e.reason,
+                    message: e.message,
+                },
+                (_, false, None) => Exit {
+                    code: 1,
+                    reason: "Error".into(),
+                    message: "the VM's domain disappeared".into(),
+                },
+            };
+            // The exit watcher may have recorded the exit meanwhile; keep its finish time.
+            let current = self.container(id)?;
+            if current.state == ContainerState::Exited {
+                return Ok(());
+            }
+            rec.state = rec.state.transition(ContainerState::Exited)?;
+            rec.finished_at_ns = now_ns();
+            info!(code = exit.code, reason = %exit.reason, "VM stopped");
+            rec.exit = Some(exit);
+            self.save_container(&rec)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Removes the container: its domain and its files (the pod's root disk stays with the
+    /// pod). A running VM is forced off first. Unknown containers succeed.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(rec) = read(&self.containers).get(id).cloned() else {
+            return Ok(());
+        };
+        let pod_lock = self.pod_lock(&rec.sandbox_id);
+        let _held = pod_lock.lock().await;
+        let Some(rec) = read(&self.containers).get(id).cloned() else {
+            return Ok(());
+        };
+        self.remove_locked(rec).await
+    }
+
+    async fn remove_locked(&self, mut rec: ContainerRecord) -> Result<()> {
+        if rec.state != ContainerState::Removing {
+            if matches!(rec.state, ContainerState::Running | ContainerState::Created) {
+                self.stop_locked(&rec.id, 0).await?;
+                rec = read(&self.containers).get(&rec.id).cloned().unwrap_or(rec);
+            }
+            if rec.state == ContainerState::Creating {
+                rec.state = ContainerState::Removing;
+            } else {
+                rec.state = rec.state.transition(ContainerState::Removing)?;
+            }
+            self.save_container(&rec)?;
+        }
+        let lv = self.libvirt.clone();
+        let name = rec.domain_name.clone();
+        // Only this container's own domain: a newer container of the pod has another name.
+        blocking(move || lv.undefine(&name)).await??;
+        if let Some(sock) = &rec.console_socket {
+            let _ = std::fs::remove_file(sock);
+        }
+        let _ = std::fs::remove_file(
+            self.config
+                .vm_dir
+                .join(&rec.sandbox_id)
+                .join(format!("{}.log", rec.id)),
+        );
+        self.drop_container(&rec.id)?;
+        info!(container = %&rec.id[..13.min(rec.id.len())], "container removed");
+        Ok(())
+    }
+
+    /// Reopens the container log (after the kubelet rotated it).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(ManagerError::precondition(format!(
+                "container {id:?} is {:?}; only a running container's log can be reopened",
+                rec.state
+            )));
+        }
+        let log = lock(&self.consoles).get(id).cloned();
+        match log {
+            Some(log) => log
+                .reopen()
+                .map_err(io_err(format!("cannot reopen {}", log.path().display()))),
+            None => Err(ManagerError::precondition(format!(
+                "container {id:?} has no console log attached"
+            ))),
+        }
+    }
+
+    /// Changes what libvirt can change live: the memory balloon target, up to the memory
+    /// the VM was defined with. CPU settings cannot change while the VM runs.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+    ) -> Result<()> {
+        let rec = self.container(id)?;
+        let Some(r) = resources else { return Ok(()) };
+        let defined = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map(|r| r.memory_limit_in_bytes)
+            .filter(|m| *m > 0)
+            .map_or(vmspec::DEFAULT_MEMORY_BYTES, |m| m.unsigned_abs());
+        let current = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .unwrap_or_default();
+        if r.cpu_shares != current.cpu_shares
+            || r.cpu_quota != current.cpu_quota
+            || r.cpu_period != current.cpu_period
+        {
+            return Err(ManagerError::precondition(format!(
+                "container {id:?}: CPU shares/quota/period of a VM cannot change while it exists; recreate the pod"
+            )));
+        }
+        if r.memory_limit_in_bytes > 0 && r.memory_limit_in_bytes.unsigned_abs() != defined {
+            if r.memory_limit_in_bytes.unsigned_abs() > defined {
+                return Err(ManagerError::precondition(format!(
+                    "container {id:?}: memory can shrink or grow back up to the {defined} bytes the VM was defined with, not to {}",
+                    r.memory_limit_in_bytes
+                )));
+            }
+            if rec.state != ContainerState::Running {
+                return Err(ManagerError::precondition(format!(
+                    "container {id:?} is not running"
+                )));
+            }
+            let lv = self.libvirt.clone();
+            let name = rec.domain_name.clone();
+            let bytes = r.memory_limit_in_bytes.unsigned_abs();
+            blocking(move || lv.set_memory(&name, bytes)).await??;
+        }
+        Ok(())
+    }
+
+    /// Usage of a container's VM (zeros when it is not running).
+    pub async fn stats(&self, id: &str) -> Result<(ContainerRecord, VmStats)> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Ok((rec, VmStats::default()));
+        }
+        let lv = self.libvirt.clone();
+        let name = rec.domain_name.clone();
+        let target = rec.root_target.clone();
+        let stats = blocking(move || lv.stats(&name, &target))
+            .await?
+            .unwrap_or_default();
+        Ok((rec, stats))
+    }
+
+    // ----- exits and recovery -----
+
+    async fn poll_exits(&self) {
+        let running: Vec<ContainerRecord> = read(&self.containers)
+            .values()
+            .filter(|c| c.state == ContainerState::Running)
+            .cloned()
+            .collect();
+        for c in running {
+            let pod_lock = self.pod_lock(&c.sandbox_id);
+            let Ok(_held) = pod_lock.try_lock() else {
+                continue;
+            };
+            let lv = self.libvirt.clone();
+            let name = c.domain_name.clone();
+            let status = match blocking(move || lv.status(&name)).await {
+                Ok(Ok(s)) => s,
+                _ => continue,
+            };
+            let exit = match status {
+                Some(DomainStatus::ShutOff(e)) => Exit {
+                    code: e.code,
+                    reason: e.reason,
+                    message: e.message,
+                },
+                None => Exit {
+                    code: 1,
+                    reason: "Error".into(),
+                    message: "the VM's domain disappeared".into(),
+                },
+                Some(_) => continue,
+            };
+            let Ok(mut rec) = self.container(&c.id) else {
+                continue;
+            };
+            if rec.state != ContainerState::Running {
+                continue;
+            }
+            rec.state = ContainerState::Exited;
+            rec.finished_at_ns = now_ns();
+            info!(container = %&c.id[..13], code = exit.code, reason = %exit.reason, "VM exited");
+            rec.exit = Some(exit);
+            if let Err(e) = self.save_container(&rec) {
+                warn!("cannot record the exit of {}: {e}", c.id);
+            }
+        }
+    }
+
+    async fn recover(&self) -> Result<()> {
+        // Half-done creates are undone, half-done removes finished.
+        let sandboxes: Vec<SandboxRecord> = read(&self.sandboxes).values().cloned().collect();
+        let containers: Vec<ContainerRecord> = read(&self.containers).values().cloned().collect();
+        for c in containers {
+            match c.state {
+                ContainerState::Creating | ContainerState::Removing => {
+                    info!(container = %c.id, state = ?c.state, "recovery: finishing an interrupted container create/remove");
+                    self.remove_locked(ContainerRecord {
+                        state: ContainerState::Removing,
+                        ..c
+                    })
+                    .await?;
+                }
+                ContainerState::Running | ContainerState::Created => {
+                    let lv = self.libvirt.clone();
+                    let name = c.domain_name.clone();
+                    let status = blocking(move || lv.status(&name)).await??;
+                    match (c.state, status) {
+                        (
+                            ContainerState::Running,
+                            Some(DomainStatus::Running | DomainStatus::Paused),
+                        ) => {
+                            if let Some(sock) = c.console_socket.clone() {
+                                self.attach_console(&c, &sock).await;
+                            }
+                        }
+                        (ContainerState::Created, Some(DomainStatus::ShutOff(_))) => {}
+                        (_, status) => {
+                            let exit = match status {
+                                Some(DomainStatus::ShutOff(e)) => Exit {
+                                    code: e.code,
+                                    reason: e.reason,
+                                    message: e.message,
+                                },
+                                _ => Exit {
+                                    code: 1,
+                                    reason: "Error".into(),
+                                    message: "the VM's domain disappeared while virtlet was down"
+                                        .into(),
+                                },
+                            };
+                            info!(container = %c.id, code = exit.code, "recovery: VM stopped while virtlet was down");
+                            self.save_container(&ContainerRecord {
+                                state: ContainerState::Exited,
+                                finished_at_ns: now_ns(),
+                                exit: Some(exit),
+                                ..c
+                            })?;
+                        }
+                    }
+                }
+                ContainerState::Exited => {}
+            }
+        }
+        for s in sandboxes {
+            match s.state {
+                SandboxState::Creating | SandboxState::Removing => {
+                    info!(sandbox = %s.id, state = ?s.state, "recovery: finishing an interrupted sandbox create/remove");
+                    self.finish_sandbox_removal(s).await?;
+                }
+                _ => {}
+            }
+        }
+        // What virtlet owns but no longer knows: domains and per-pod directories.
+        let known: Vec<String> = read(&self.containers).keys().cloned().collect();
+        let lv = self.libvirt.clone();
+        let domains = blocking(move || lv.list_owned()).await??;
+        for (name, _) in domains {
+            let Some(prefix) = naming::domain_id_prefix(&name) else {
+                continue;
+            };
+            if !known.iter().any(|id| id.starts_with(prefix)) {
+                info!(domain = %name, "recovery: removing a VM virtlet does not know");
+                let lv = self.libvirt.clone();
+                blocking(move || lv.undefine(&name)).await??;
+            }
+        }
+        let sandbox_ids: Vec<String> = read(&self.sandboxes).keys().cloned().collect();
+        if let Ok(entries) = std::fs::read_dir(&self.config.vm_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 && !sandbox_ids.contains(&name) {
+                    info!(dir = %e.path().display(), "recovery: removing files of a pod virtlet does not know");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CRI enum value of a sandbox state.
+pub fn sandbox_cri_state(s: SandboxState) -> i32 {
+    use k8s_cri::v1::PodSandboxState as P;
+    match s {
+        SandboxState::Ready => P::SandboxReady as i32,
+        _ => P::SandboxNotready as i32,
+    }
+}
+
+/// The CRI enum value of a container state.
+pub fn container_cri_state(s: ContainerState) -> i32 {
+    use k8s_cri::v1::ContainerState as C;
+    match s {
+        ContainerState::Created => C::ContainerCreated as i32,
+        ContainerState::Running => C::ContainerRunning as i32,
+        ContainerState::Exited => C::ContainerExited as i32,
+        ContainerState::Creating | ContainerState::Removing => C::ContainerUnknown as i32,
+    }
+}
