@@ -529,6 +529,10 @@ impl Manager {
                 let _ = m.libvirt.undefine(&domain_name);
                 if new_root && let Some(root) = &sandbox.root_disk {
                     let _ = m.drop_root_disk(sandbox_id, root);
+                    if let Some(dir) = root.path.parent() {
+                        // Only when empty: the directory held nothing else.
+                        let _ = std::fs::remove_dir(dir);
+                    }
                 }
                 let _ = m.drop_container(&id);
             };
