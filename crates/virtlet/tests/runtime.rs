@@ -1,7 +1,7 @@
 //! The CRI runtime service over the real socket, with libvirt's `test:///default` driver in
 //! the daemon (real domain XML parsing and state, no QEMU). VMs that really boot are in e2e.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cloned_ref_to_slice_refs)]
 
 mod common;
 
@@ -338,7 +338,6 @@ async fn container_lifecycle_one_vm_per_pod_and_restart_on_the_same_disk() {
         }
     };
     let root = root_info(&mut rt).await;
-    use redb::ReadableTable as _;
     use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(&root).unwrap().ino();
 
