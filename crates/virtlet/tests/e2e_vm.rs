@@ -1,0 +1,331 @@
+//! End to end: real VMs. The daemon runs against libvirtd (`qemu:///system`), probes KVM (on
+//! our machines it falls back to TCG), and boots the project's tiny image through CRI. Needs
+//! root, a running libvirtd (`scripts/setup-host --libvirt`, which `scripts/test` runs) and the
+//! tiny image (built by `images/build tiny` when missing).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options};
+use k8s_cri::v1 as api;
+
+const MARKER: &str = "VIRTLET-GUEST-READY";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The tiny test image: `VIRTLET_TINY_IMAGE`, or built (or found in its cache) by `images/build`.
+fn tiny_image() -> PathBuf {
+    if let Ok(p) = std::env::var("VIRTLET_TINY_IMAGE") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(repo_root().join("images/build"))
+        .arg("tiny")
+        .output()
+        .expect("cannot run images/build");
+    assert!(
+        out.status.success(),
+        "images/build tiny failed (it needs the packages scripts/setup-host installs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    PathBuf::from(path)
+}
+
+fn require_libvirtd() {
+    let ok = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "libvirtd does not answer on qemu:///system: start it with `scripts/setup-host --libvirt` (scripts/test does)"
+    );
+}
+
+/// Destroys and undefines the domains of the given containers, whatever happens to the test.
+struct DomainGuard(Vec<String>);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("virsh")
+            .args(["-c", "qemu:///system", "list", "--all", "--name"])
+            .output()
+        else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            if self
+                .0
+                .iter()
+                .any(|id| name.starts_with(&format!("virtlet-{}", &id[..13])))
+            {
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "destroy", name])
+                    .output();
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "undefine", name])
+                    .output();
+            }
+        }
+    }
+}
+
+async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {needle:?} in {} after {timeout:?}; the log has:\n{text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(
+    rt: &mut api::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> api::ContainerStatus {
+    rt.container_status(api::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+fn our_domains(ids: &[String]) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| {
+            ids.iter()
+                .any(|id| n.starts_with(&format!("virtlet-{}", &id[..13])))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon_kill() {
+    require_libvirtd();
+    let image = tiny_image();
+    let mut d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let name = format!("virtlet.cloud/file://{}", image.display());
+    d.pull(&name).await.unwrap();
+    assert!(
+        d.log_text().contains("TCG") || d.log_text().contains("KVM"),
+        "the KVM probe decided"
+    );
+
+    let logs = d.dir.path().join("logs");
+    let mut rt = d.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(api::PodSandboxConfig {
+                metadata: Some(api::PodSandboxMetadata {
+                    name: "tiny".into(),
+                    uid: "6a1f3c2e-1d2b-4c3a-9e8f-7a6b5c4d3e2f".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                log_directory: logs.display().to_string(),
+                annotations: HashMap::from([("VirtletVCPUCount".into(), "1".into())]),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+
+    let create = |attempt: u32| api::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata {
+                name: "vm".into(),
+                attempt,
+            }),
+            image: Some(api::ImageSpec {
+                image: name.clone(),
+                ..Default::default()
+            }),
+            log_path: format!("vm/{attempt}.log"),
+            linux: Some(api::LinuxContainerConfig {
+                resources: Some(api::LinuxContainerResources {
+                    memory_limit_in_bytes: 256 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    };
+
+    // First boot: the guest's marker reaches the CRI log.
+    let c1 = rt
+        .create_container(create(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    guard.0.push(c1.clone());
+    let t0 = Instant::now();
+    rt.start_container(api::StartContainerRequest {
+        container_id: c1.clone(),
+    })
+    .await
+    .unwrap();
+    let log1 = logs.join("vm/0.log");
+    let boot = wait_for_log(&log1, MARKER, Duration::from_secs(120)).await;
+    eprintln!(
+        "e2e: first boot to marker in {:?} (start call {:?})",
+        boot,
+        t0.elapsed() - boot
+    );
+    let text = std::fs::read_to_string(&log1).unwrap();
+    let line = text.lines().find(|l| l.contains(MARKER)).unwrap();
+    assert!(
+        line.split(' ').nth(1) == Some("stdout") && line.split(' ').nth(2) == Some("F"),
+        "CRI log format: {line}"
+    );
+    let stats = rt
+        .container_stats(api::ContainerStatsRequest {
+            container_id: c1.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(
+        stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0,
+        "CPU time is counted"
+    );
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(
+        stats.writable_layer.unwrap().used_bytes.unwrap().value > 0,
+        "root disk use is counted"
+    );
+
+    // A graceful stop: the guest answers the ACPI power button and powers off: exit 0.
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c1.clone(),
+        timeout: 60,
+    })
+    .await
+    .unwrap();
+    let st = status(&mut rt, &c1).await;
+    assert_eq!(st.state, api::ContainerState::ContainerExited as i32);
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "{}",
+        st.message
+    );
+
+    // The kubelet's restart: the same root disk boots again.
+    let c2 = rt
+        .create_container(create(1))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    guard.0.push(c2.clone());
+    rt.start_container(api::StartContainerRequest {
+        container_id: c2.clone(),
+    })
+    .await
+    .unwrap();
+    let log2 = logs.join("vm/1.log");
+    wait_for_log(&log2, MARKER, Duration::from_secs(120)).await;
+    assert_eq!(our_domains(&guard.0).len(), 1, "one domain per pod");
+
+    // SIGKILL the daemon: the VM keeps running and is reported RUNNING after a restart, and
+    // its console is captured again.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.log)
+        .unwrap();
+    d.child = Some(
+        d.command("http")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    d.wait_ready().await;
+    let mut rt = d.runtime().await;
+    let st = status(&mut rt, &c2).await;
+    assert_eq!(
+        st.state,
+        api::ContainerState::ContainerRunning as i32,
+        "{st:?}"
+    );
+
+    // A forced stop is a non-zero exit.
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c2.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let st = status(&mut rt, &c2).await;
+    assert_eq!(st.exit_code, 137, "{}", st.message);
+
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        our_domains(&guard.0).is_empty(),
+        "domains removed with the pod"
+    );
+    assert!(
+        std::fs::read_dir(d.dir.path().join("vms"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "VM files removed"
+    );
+    assert!(
+        std::fs::read_dir(d.dir.path().join("netns"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "netns removed"
+    );
+}
