@@ -54,11 +54,27 @@ fn require_libvirtd() {
     );
 }
 
+async fn require_libvirtd_within(limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let ok = Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("libvirtd did not come back within {limit:?}");
+}
+
 /// Destroys and undefines the domains of the given containers, whatever happens to the test.
 struct DomainGuard(Vec<String>);
 
 impl Drop for DomainGuard {
     fn drop(&mut self) {
+        let failed = std::thread::panicking();
         let Ok(out) = Command::new("virsh")
             .args(["-c", "qemu:///system", "list", "--all", "--name"])
             .output()
@@ -138,7 +154,9 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
     })
     .await;
     let mut guard = DomainGuard(Vec::new());
-    let name = format!("virtlet.cloud/file://{}", image.display());
+    let server = virtlet_testkit::TestServer::http().await.unwrap();
+    server.route("/tiny.qcow2", virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()));
+    let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
     d.pull(&name).await.unwrap();
     assert!(
         d.log_text().contains("TCG") || d.log_text().contains("KVM"),
@@ -294,6 +312,26 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
         api::ContainerState::ContainerRunning as i32,
         "{st:?}"
     );
+
+    // libvirtd restarts under the running daemon: the next call reconnects.
+    let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+    for _ in 0..50 {
+        if !Command::new("pgrep").args(["-x", "libvirtd"]).status().unwrap().success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Command::new("libvirtd").arg("-d").status().unwrap().success(), "cannot restart libvirtd");
+    require_libvirtd_within(Duration::from_secs(20)).await;
+    let stats = rt
+        .container_stats(api::ContainerStatsRequest { container_id: c2.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0, "stats after libvirtd restarted");
+    assert!(d.log_text().contains("reconnected to libvirt"), "the driver reconnected");
 
     // A forced stop is a non-zero exit.
     rt.stop_container(api::StopContainerRequest {

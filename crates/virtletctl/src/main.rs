@@ -13,6 +13,7 @@ use k8s_cri::v1::{
     ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest, VersionRequest,
 };
+use k8s_cri::v1 as api;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -49,6 +50,47 @@ enum Cmd {
     Rmi { images: Vec<String> },
     /// Image filesystem usage as JSON.
     Imagefsinfo,
+    /// Run a VM pod: a sandbox and its VM, started. Prints the pod and container IDs.
+    Run {
+        /// Pod name (also the VM's hostname).
+        #[arg(long)]
+        name: String,
+        /// The VM image (pulled when missing).
+        #[arg(long)]
+        image: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Where the container log goes (`<dir>/<name>/0.log`).
+        #[arg(long, default_value = "/var/log/virtlet-pods")]
+        log_dir: PathBuf,
+        /// Memory limit in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory_mib: i64,
+        /// Pod annotations, KEY=VALUE (Virtlet's `Virtlet*` keys).
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+    },
+    /// List pods.
+    Pods,
+    /// List containers (VMs).
+    Ps,
+    /// Print a container's console log (the CRI log, without its prefixes).
+    Logs {
+        container: String,
+        /// Wait for this text to appear, up to --timeout seconds.
+        #[arg(long)]
+        wait_for: Option<String>,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Stop a container (ACPI power button, then forced after the timeout).
+    Stop {
+        container: String,
+        #[arg(long, default_value_t = 30)]
+        timeout: i64,
+    },
+    /// Stop and remove pods with everything in them.
+    Rmp { pods: Vec<String> },
 }
 
 async fn connect(socket: &Path) -> Result<Channel> {
@@ -67,6 +109,44 @@ fn spec(image: &str) -> Option<ImageSpec> {
         image: image.to_owned(),
         ..ImageSpec::default()
     })
+}
+
+/// A full container ID from a unique prefix, as crictl accepts.
+async fn resolve_container(rt: &mut RuntimeServiceClient<Channel>, prefix: &str) -> Result<String> {
+    let ids: Vec<String> = rt
+        .list_containers(api::ListContainersRequest::default())
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|id| id.starts_with(prefix))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(prefix.to_owned()),
+        _ => anyhow::bail!("container ID prefix {prefix:?} is ambiguous"),
+    }
+}
+
+/// A full pod ID from a unique prefix.
+async fn resolve_pod(rt: &mut RuntimeServiceClient<Channel>, prefix: &str) -> Result<String> {
+    let ids: Vec<String> = rt
+        .list_pod_sandbox(api::ListPodSandboxRequest::default())
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .filter(|id| id.starts_with(prefix))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(prefix.to_owned()),
+        _ => anyhow::bail!("pod ID prefix {prefix:?} is ambiguous"),
+    }
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -165,6 +245,216 @@ async fn main() -> Result<()> {
                     "timestamp": u.timestamp,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+        }
+        Cmd::Run {
+            name,
+            image,
+            namespace,
+            log_dir,
+            memory_mib,
+            annotations,
+        } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let present = images
+                .image_status(ImageStatusRequest {
+                    image: spec(&image),
+                    verbose: false,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .image
+                .is_some();
+            if !present {
+                images
+                    .pull_image(PullImageRequest {
+                        image: spec(&image),
+                        ..PullImageRequest::default()
+                    })
+                    .await
+                    .map_err(status_err)?;
+            }
+            let mut ann = std::collections::HashMap::new();
+            for a in annotations {
+                let (k, v) = a
+                    .split_once('=')
+                    .with_context(|| format!("--annotation {a:?} is not KEY=VALUE"))?;
+                ann.insert(k.to_owned(), v.to_owned());
+            }
+            let uid = format!("virtletctl-{namespace}-{name}");
+            let config = api::PodSandboxConfig {
+                metadata: Some(api::PodSandboxMetadata {
+                    name: name.clone(),
+                    uid,
+                    namespace,
+                    attempt: 0,
+                }),
+                hostname: name.clone(),
+                log_directory: log_dir.join(&name).display().to_string(),
+                annotations: ann,
+                ..Default::default()
+            };
+            let pod = rt
+                .run_pod_sandbox(api::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .pod_sandbox_id;
+            let container = rt
+                .create_container(api::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(api::ContainerConfig {
+                        metadata: Some(api::ContainerMetadata {
+                            name: "vm".into(),
+                            attempt: 0,
+                        }),
+                        image: spec(&image),
+                        log_path: "0.log".into(),
+                        linux: Some(api::LinuxContainerConfig {
+                            resources: Some(api::LinuxContainerResources {
+                                memory_limit_in_bytes: memory_mib << 20,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .container_id;
+            rt.start_container(api::StartContainerRequest {
+                container_id: container.clone(),
+            })
+            .await
+            .map_err(status_err)?;
+            println!("pod {pod}\ncontainer {container}");
+        }
+        Cmd::Pods => {
+            let items = RuntimeServiceClient::new(channel)
+                .list_pod_sandbox(api::ListPodSandboxRequest::default())
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .items;
+            println!("{:<15} {:<16} {:<24} NAMESPACE", "POD ID", "STATE", "NAME");
+            for p in items {
+                let m = p.metadata.unwrap_or_default();
+                let state = api::PodSandboxState::try_from(p.state)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_default();
+                println!("{:<15} {:<16} {:<24} {}", &p.id[..13.min(p.id.len())], state, m.name, m.namespace);
+            }
+        }
+        Cmd::Ps => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let items = rt
+                .list_containers(api::ListContainersRequest::default())
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .containers;
+            println!("{:<15} {:<20} {:<8} {:<15} IMAGE", "CONTAINER", "STATE", "EXIT", "POD ID");
+            for c in items {
+                let st = rt
+                    .container_status(api::ContainerStatusRequest {
+                        container_id: c.id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner()
+                    .status
+                    .unwrap_or_default();
+                let state = api::ContainerState::try_from(c.state)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_default();
+                let exit = if c.state == api::ContainerState::ContainerExited as i32 {
+                    format!("{} {}", st.exit_code, st.reason)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:<15} {:<20} {:<8} {:<15} {}",
+                    &c.id[..13.min(c.id.len())],
+                    state,
+                    exit,
+                    &c.pod_sandbox_id[..13.min(c.pod_sandbox_id.len())],
+                    c.image.map(|i| i.image).unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Logs {
+            container,
+            wait_for,
+            timeout,
+        } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let container = resolve_container(&mut rt, &container).await?;
+            let st = rt
+                .container_status(api::ContainerStatusRequest {
+                    container_id: container.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            anyhow::ensure!(!st.log_path.is_empty(), "container {container} has no log path");
+            let deadline = Instant::now() + std::time::Duration::from_secs(timeout);
+            let mut printed = 0usize;
+            loop {
+                let text = std::fs::read_to_string(&st.log_path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[printed.min(lines.len())..] {
+                    // <time> <stream> <F|P> <content>
+                    let mut parts = line.splitn(4, ' ');
+                    let (_, _, tag, content) = (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or(""));
+                    if tag == Some("P") {
+                        print!("{content}");
+                    } else {
+                        println!("{content}");
+                    }
+                }
+                printed = lines.len();
+                match &wait_for {
+                    Some(needle) if !text.contains(needle.as_str()) => {
+                        anyhow::ensure!(Instant::now() < deadline, "{needle:?} did not appear within {timeout} s");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Cmd::Stop { container, timeout } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let container = resolve_container(&mut rt, &container).await?;
+            rt.stop_container(api::StopContainerRequest {
+                    container_id: container.clone(),
+                    timeout,
+                })
+                .await
+                .map_err(status_err)?;
+            println!("Stopped: {container}");
+        }
+        Cmd::Rmp { pods } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            for pod in pods {
+                let pod = resolve_pod(&mut rt, &pod).await?;
+                rt.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
+                    .await
+                    .map_err(status_err)?;
+                rt.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })
+                    .await
+                    .map_err(status_err)?;
+                println!("Removed pod: {pod}");
             }
         }
     }

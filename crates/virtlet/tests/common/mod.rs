@@ -241,6 +241,13 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("--- virtlet log ---\n{}", self.log_text());
         }
+        // Network namespaces are bind mounts: unmount what a failed test left, so the temp
+        // dir can go.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("netns")) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
     }
 }
 
