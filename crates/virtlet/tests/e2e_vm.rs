@@ -155,7 +155,10 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
     .await;
     let mut guard = DomainGuard(Vec::new());
     let server = virtlet_testkit::TestServer::http().await.unwrap();
-    server.route("/tiny.qcow2", virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()));
+    server.route(
+        "/tiny.qcow2",
+        virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()),
+    );
     let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
     d.pull(&name).await.unwrap();
     assert!(
@@ -316,22 +319,42 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
     // libvirtd restarts under the running daemon: the next call reconnects.
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
     for _ in 0..50 {
-        if !Command::new("pgrep").args(["-x", "libvirtd"]).status().unwrap().success() {
+        if !Command::new("pgrep")
+            .args(["-x", "libvirtd"])
+            .status()
+            .unwrap()
+            .success()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(Command::new("libvirtd").arg("-d").status().unwrap().success(), "cannot restart libvirtd");
+    assert!(
+        Command::new("libvirtd")
+            .arg("-d")
+            .status()
+            .unwrap()
+            .success(),
+        "cannot restart libvirtd"
+    );
     require_libvirtd_within(Duration::from_secs(20)).await;
     let stats = rt
-        .container_stats(api::ContainerStatsRequest { container_id: c2.clone() })
+        .container_stats(api::ContainerStatsRequest {
+            container_id: c2.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .stats
         .unwrap();
-    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0, "stats after libvirtd restarted");
-    assert!(d.log_text().contains("reconnected to libvirt"), "the driver reconnected");
+    assert!(
+        stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0,
+        "stats after libvirtd restarted"
+    );
+    assert!(
+        d.log_text().contains("reconnected to libvirt"),
+        "the driver reconnected"
+    );
 
     // A forced stop is a non-zero exit.
     rt.stop_container(api::StopContainerRequest {

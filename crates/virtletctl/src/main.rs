@@ -7,13 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest, VersionRequest,
 };
-use k8s_cri::v1 as api;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -349,7 +349,13 @@ async fn main() -> Result<()> {
                 let state = api::PodSandboxState::try_from(p.state)
                     .map(|s| s.as_str_name().to_owned())
                     .unwrap_or_default();
-                println!("{:<15} {:<16} {:<24} {}", &p.id[..13.min(p.id.len())], state, m.name, m.namespace);
+                println!(
+                    "{:<15} {:<16} {:<24} {}",
+                    &p.id[..13.min(p.id.len())],
+                    state,
+                    m.name,
+                    m.namespace
+                );
             }
         }
         Cmd::Ps => {
@@ -360,7 +366,10 @@ async fn main() -> Result<()> {
                 .map_err(status_err)?
                 .into_inner()
                 .containers;
-            println!("{:<15} {:<20} {:<8} {:<15} IMAGE", "CONTAINER", "STATE", "EXIT", "POD ID");
+            println!(
+                "{:<15} {:<20} {:<8} {:<15} IMAGE",
+                "CONTAINER", "STATE", "EXIT", "POD ID"
+            );
             for c in items {
                 let st = rt
                     .container_status(api::ContainerStatusRequest {
@@ -407,7 +416,10 @@ async fn main() -> Result<()> {
                 .into_inner()
                 .status
                 .unwrap_or_default();
-            anyhow::ensure!(!st.log_path.is_empty(), "container {container} has no log path");
+            anyhow::ensure!(
+                !st.log_path.is_empty(),
+                "container {container} has no log path"
+            );
             let deadline = Instant::now() + std::time::Duration::from_secs(timeout);
             let mut printed = 0usize;
             loop {
@@ -416,7 +428,12 @@ async fn main() -> Result<()> {
                 for line in &lines[printed.min(lines.len())..] {
                     // <time> <stream> <F|P> <content>
                     let mut parts = line.splitn(4, ' ');
-                    let (_, _, tag, content) = (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or(""));
+                    let (_, _, tag, content) = (
+                        parts.next(),
+                        parts.next(),
+                        parts.next(),
+                        parts.next().unwrap_or(""),
+                    );
                     if tag == Some("P") {
                         print!("{content}");
                     } else {
@@ -426,7 +443,10 @@ async fn main() -> Result<()> {
                 printed = lines.len();
                 match &wait_for {
                     Some(needle) if !text.contains(needle.as_str()) => {
-                        anyhow::ensure!(Instant::now() < deadline, "{needle:?} did not appear within {timeout} s");
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "{needle:?} did not appear within {timeout} s"
+                        );
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                     _ => break,
@@ -437,23 +457,27 @@ async fn main() -> Result<()> {
             let mut rt = RuntimeServiceClient::new(channel);
             let container = resolve_container(&mut rt, &container).await?;
             rt.stop_container(api::StopContainerRequest {
-                    container_id: container.clone(),
-                    timeout,
-                })
-                .await
-                .map_err(status_err)?;
+                container_id: container.clone(),
+                timeout,
+            })
+            .await
+            .map_err(status_err)?;
             println!("Stopped: {container}");
         }
         Cmd::Rmp { pods } => {
             let mut rt = RuntimeServiceClient::new(channel);
             for pod in pods {
                 let pod = resolve_pod(&mut rt, &pod).await?;
-                rt.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
-                    .await
-                    .map_err(status_err)?;
-                rt.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })
-                    .await
-                    .map_err(status_err)?;
+                rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await
+                .map_err(status_err)?;
+                rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await
+                .map_err(status_err)?;
                 println!("Removed pod: {pod}");
             }
         }
