@@ -87,6 +87,15 @@ impl Drop for DomainGuard {
                 .iter()
                 .any(|id| name.starts_with(&format!("virtlet-{}", &id[..13])))
             {
+                if failed {
+                    let log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{name}.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    eprintln!("--- libvirt log of {name} (last 40 lines) ---");
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
                 let _ = Command::new("virsh")
                     .args(["-c", "qemu:///system", "destroy", name])
                     .output();
@@ -321,6 +330,7 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
     for _ in 0..50 {
         if !Command::new("pgrep")
             .args(["-x", "libvirtd"])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .success()
