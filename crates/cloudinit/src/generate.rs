@@ -1,0 +1,326 @@
+//! meta-data, user-data and the seed's file layout, built by pure functions.
+
+use base64::Engine as _;
+use serde_json::json;
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::MAX_USER_DATA;
+use crate::annotations::{CloudInitAnnotations, MOUNT_SCRIPT_TOKEN, USER_DATA_SOURCE};
+use crate::merge::merge;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloudInitError {
+    #[error("annotation {annotation}={value:?} is invalid: {reason}")]
+    Annotation {
+        annotation: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{what} is not valid {expected}: {reason}")]
+    Source {
+        what: String,
+        expected: &'static str,
+        reason: String,
+    },
+    #[error("the user-data would be {size} bytes, more than the {max} allowed")]
+    TooLarge { size: usize, max: usize },
+    #[error("mount {container_path:?}: {reason}")]
+    Mount {
+        container_path: String,
+        reason: String,
+    },
+    #[error("cannot write the cloud-init seed {path}: {reason}")]
+    Seed { path: String, reason: String },
+}
+
+/// A file cloud-init writes into the guest (`write_files`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub permissions: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeedKind {
+    /// Label `cidata`: `meta-data`, `user-data`, `network-config`.
+    #[default]
+    NoCloud,
+    /// Label `config-2`: `openstack/latest/{meta_data.json,user_data,network_data.json}`.
+    ConfigDrive,
+}
+
+impl SeedKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            SeedKind::NoCloud => "cidata",
+            SeedKind::ConfigDrive => "config-2",
+        }
+    }
+}
+
+/// What cloud-init data is made from. Sources (ConfigMaps, Secrets, mounted files) are read by
+/// the caller; this stays pure.
+#[derive(Debug, Clone, Default)]
+pub struct Input<'a> {
+    pub pod_name: &'a str,
+    pub namespace: &'a str,
+    /// The VM's UUID (ConfigDrive's `uuid`).
+    pub uuid: &'a str,
+    pub annotations: CloudInitAnnotations,
+    /// user-data from `VirtletCloudInitUserDataSource`: each key of the source, by name.
+    pub source_entries: Vec<(String, Vec<u8>)>,
+    /// Keys from `VirtletSSHKeySource`.
+    pub source_ssh_keys: Vec<String>,
+    /// Files from Secret/ConfigMap volumes and single-file mounts.
+    pub files: Vec<WriteFile>,
+    /// The container's environment.
+    pub env: Vec<(String, String)>,
+    /// The container's command followed by its args: run at first boot.
+    pub command: Vec<String>,
+    /// The network config to hand over (NoCloud v1 / ConfigDrive network_data), when known.
+    pub network_config: Option<serde_json::Value>,
+    pub kind: SeedKind,
+}
+
+/// The generated data, before it is laid out as files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudInitData {
+    pub meta_data: serde_json::Value,
+    pub user_data: String,
+    pub network_config: Option<serde_json::Value>,
+    pub kind: SeedKind,
+}
+
+fn decode_source(input: &Input<'_>, key: &str, bytes: &[u8]) -> Result<String, CloudInitError> {
+    let what = || format!("key {key:?} of the {USER_DATA_SOURCE} source");
+    let raw = match input.annotations.user_data_source_encoding {
+        crate::Encoding::Plain => bytes.to_vec(),
+        crate::Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(
+                bytes
+                    .iter()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .copied()
+                    .collect::<Vec<u8>>(),
+            )
+            .map_err(|e| CloudInitError::Source {
+                what: what(),
+                expected: "base64",
+                reason: e.to_string(),
+            })?,
+    };
+    String::from_utf8(raw).map_err(|e| CloudInitError::Source {
+        what: what(),
+        expected: "UTF-8 text",
+        reason: e.to_string(),
+    })
+}
+
+/// Builds meta-data and user-data (pure).
+pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
+    let a = &input.annotations;
+
+    // SSH keys: the source's first, then the annotation's; Overwrite keeps only the annotation's.
+    let mut keys: Vec<String> = if a.user_data_overwrite {
+        Vec::new()
+    } else {
+        input.source_ssh_keys.clone()
+    };
+    keys.extend(a.ssh_keys.iter().cloned());
+
+    let mut meta = json!({
+        "instance-id": format!("{}.{}", input.pod_name, input.namespace),
+        "local-hostname": input.pod_name,
+    });
+    if !keys.is_empty() {
+        meta["public-keys"] = json!(keys);
+    }
+    if input.kind == SeedKind::ConfigDrive {
+        meta["uuid"] = json!(input.uuid);
+        meta["hostname"] = json!(input.pod_name);
+        meta["public_keys"] = json!(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (i.to_string(), json!(k)))
+                .collect::<serde_json::Map<_, _>>()
+        );
+    }
+    if let Some(extra) = &a.meta_data {
+        let extra: serde_json::Value =
+            serde_json::to_value(extra).map_err(|e| CloudInitError::Annotation {
+                annotation: crate::annotations::META_DATA,
+                value: String::new(),
+                reason: e.to_string(),
+            })?;
+        if let (Some(m), Some(extra)) = (meta.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    // The source's user-data: one key as a script, or every key YAML-parsed into a map.
+    let mut source_script: Option<String> = None;
+    let mut user: Value = Value::Mapping(Mapping::new());
+    if let Some(script_key) = &a.user_data_source_key {
+        if let Some((k, v)) = input.source_entries.iter().find(|(k, _)| k == script_key) {
+            source_script = Some(decode_source(input, k, v)?);
+        }
+    } else {
+        for (k, v) in &input.source_entries {
+            let text = decode_source(input, k, v)?;
+            let value: Value =
+                serde_yaml_ng::from_str(&text).map_err(|e| CloudInitError::Source {
+                    what: format!("key {k:?} of the {USER_DATA_SOURCE} source"),
+                    expected: "YAML",
+                    reason: e.to_string(),
+                })?;
+            if let Value::Mapping(m) = &mut user {
+                m.insert(Value::String(k.clone()), value);
+            }
+        }
+    }
+    match (&a.user_data, a.user_data_overwrite) {
+        (Some(ud), true) => user = Value::Mapping(ud.clone()),
+        (Some(ud), false) => merge(&mut user, Value::Mapping(ud.clone())),
+        (None, _) => {}
+    }
+
+    let mut write_files: Vec<Value> = input.files.iter().map(write_file).collect();
+    if !input.env.is_empty() {
+        write_files.push(write_file(&WriteFile {
+            path: "/etc/cloud/environment".into(),
+            content: environment_file(&input.env).into_bytes(),
+            permissions: 0o644,
+        }));
+    }
+    if !write_files.is_empty() {
+        merge(
+            &mut user,
+            Value::Mapping(Mapping::from_iter([(
+                Value::String("write_files".into()),
+                Value::Sequence(write_files),
+            )])),
+        );
+    }
+    if !input.command.is_empty() {
+        let cmd = Value::Sequence(
+            input
+                .command
+                .iter()
+                .map(|c| Value::String(c.clone()))
+                .collect(),
+        );
+        merge(
+            &mut user,
+            Value::Mapping(Mapping::from_iter([(
+                Value::String("runcmd".into()),
+                Value::Sequence(vec![cmd]),
+            )])),
+        );
+    }
+
+    // A script replaces the whole user-data (the annotation's wins over the source's).
+    let script = a.user_data_script.clone().or(source_script);
+    let user_data = match script {
+        Some(s) => s.replace(MOUNT_SCRIPT_TOKEN, &mount_script(&input.files)),
+        None => {
+            let body = match &user {
+                Value::Mapping(m) if m.is_empty() => String::new(),
+                other => serde_yaml_ng::to_string(other).map_err(|e| CloudInitError::Source {
+                    what: "the merged user-data".into(),
+                    expected: "YAML",
+                    reason: e.to_string(),
+                })?,
+            };
+            format!("#cloud-config\n{body}")
+        }
+    };
+    if user_data.len() > MAX_USER_DATA {
+        return Err(CloudInitError::TooLarge {
+            size: user_data.len(),
+            max: MAX_USER_DATA,
+        });
+    }
+    Ok(CloudInitData {
+        meta_data: meta,
+        user_data,
+        network_config: input.network_config.clone(),
+        kind: input.kind,
+    })
+}
+
+fn write_file(f: &WriteFile) -> Value {
+    let mut m = Mapping::new();
+    m.insert("path".into(), f.path.clone().into());
+    m.insert(
+        "permissions".into(),
+        format!("0{:o}", f.permissions & 0o7777).into(),
+    );
+    m.insert("encoding".into(), "b64".into());
+    m.insert(
+        "content".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&f.content)
+            .into(),
+    );
+    Value::Mapping(m)
+}
+
+/// `KEY='value'` lines, single-quoted so any value is safe to source from a shell.
+pub fn environment_file(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', r"'\''")))
+        .collect()
+}
+
+/// The script `@virtlet-mount-script@` stands for: it recreates the mounted files (for
+/// user-data scripts, which get no `write_files`).
+fn mount_script(files: &[WriteFile]) -> String {
+    let mut s = String::new();
+    for f in files {
+        let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
+        s.push_str(&format!(
+            "mkdir -p '{dir}' && printf %s '{}' | base64 -d > '{path}' && chmod {mode:o} '{path}'\n",
+            base64::engine::general_purpose::STANDARD.encode(&f.content),
+            path = f.path,
+            mode = f.permissions & 0o7777,
+        ));
+    }
+    s
+}
+
+/// The seed's files, relative to its root.
+pub fn seed_files(data: &CloudInitData) -> Vec<(String, Vec<u8>)> {
+    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    match data.kind {
+        SeedKind::NoCloud => {
+            let mut out = vec![
+                ("meta-data".to_owned(), pretty(&data.meta_data)),
+                ("user-data".to_owned(), data.user_data.clone().into_bytes()),
+            ];
+            if let Some(n) = &data.network_config {
+                let yaml = serde_yaml_ng::to_string(n).unwrap_or_default();
+                out.push(("network-config".to_owned(), yaml.into_bytes()));
+            }
+            out
+        }
+        SeedKind::ConfigDrive => {
+            let mut out = vec![
+                (
+                    "openstack/latest/meta_data.json".to_owned(),
+                    pretty(&data.meta_data),
+                ),
+                (
+                    "openstack/latest/user_data".to_owned(),
+                    data.user_data.clone().into_bytes(),
+                ),
+            ];
+            if let Some(n) = &data.network_config {
+                out.push(("openstack/latest/network_data.json".to_owned(), pretty(n)));
+            }
+            out
+        }
+    }
+}
