@@ -10,6 +10,7 @@ mod error;
 mod filters;
 pub mod netns;
 mod records;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,11 @@ use k8s_cri::v1::{
     PodSandboxFilter,
 };
 use tracing::{Instrument, debug, info, info_span, warn};
+use virtlet_cloudinit::generate::SeedKind;
+use virtlet_cloudinit::{CloudInitAnnotations, CloudInitError};
+use virtlet_core::annotations::CloudInitImageType;
 use virtlet_core::annotations::CpuModel;
+use virtlet_core::vmspec::Disk;
 use virtlet_core::vmspec::{self, DiskFormat, DomainType, NodeChoices, PodFacts};
 use virtlet_core::{ContainerState, ErrorKind, SandboxState, VmAnnotations, naming};
 use virtlet_image::ImageStore;
@@ -52,6 +57,8 @@ pub struct ManagerConfig {
     pub vmwrapper: PathBuf,
     pub domain_type: DomainType,
     pub cpu_model: Option<CpuModel>,
+    /// The kubelet's pods directory: mounted Secrets/ConfigMaps must lie inside it.
+    pub kubelet_root_dir: PathBuf,
 }
 
 pub struct Manager {
@@ -267,6 +274,8 @@ impl Manager {
             )));
         }
         VmAnnotations::parse(&config.annotations)?;
+        CloudInitAnnotations::parse(&config.annotations)
+            .map_err(|e| ManagerError::invalid(e.to_string()))?;
 
         if let Some(existing) = read(&self.sandboxes).values().find(|s| {
             s.state == SandboxState::Ready
@@ -481,6 +490,49 @@ impl Manager {
             )));
         };
 
+        // cloud-init data is built (and so checked) before anything is created.
+        let pod_meta = sandbox.config.metadata.clone().unwrap_or_default();
+        let ci_annotations = CloudInitAnnotations::parse(&sandbox.config.annotations)
+            .map_err(|e| ManagerError::invalid(e.to_string()))?;
+        if let Some((annotation, src)) = ci_annotations.sources().first() {
+            return Err(ManagerError::precondition(format!(
+                "pod {}/{} names {}/{} in {annotation}, but this virtlet has no Kubernetes API access to read it",
+                pod_meta.namespace,
+                pod_meta.name,
+                match src.kind {
+                    virtlet_cloudinit::SourceKind::ConfigMap => "configmap",
+                    virtlet_cloudinit::SourceKind::Secret => "secret",
+                },
+                src.name
+            )));
+        }
+        let files = volumes::mounted_files(&self.config.kubelet_root_dir, &config.mounts)?;
+        let mut command = config.command.clone();
+        command.extend(config.args.iter().cloned());
+        let uuid = naming::domain_uuid(&pod_meta.uid, annotations.system_uuid.as_deref());
+        let seed_data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {
+            pod_name: &pod_meta.name,
+            namespace: &pod_meta.namespace,
+            uuid: &uuid,
+            annotations: ci_annotations,
+            files,
+            env: config
+                .envs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            command,
+            kind: match annotations.cloud_init_image_type {
+                CloudInitImageType::NoCloud => SeedKind::NoCloud,
+                CloudInitImageType::ConfigDrive => SeedKind::ConfigDrive,
+            },
+            ..Default::default()
+        })
+        .map_err(|e| match e {
+            CloudInitError::Seed { .. } => ManagerError::internal(e.to_string()),
+            _ => ManagerError::invalid(e.to_string()),
+        })?;
+
         let id = naming::new_id();
         let span = info_span!("container", id = %&id[..13], sandbox = %&sandbox_id[..13.min(sandbox_id.len())]);
         async {
@@ -516,6 +568,12 @@ impl Manager {
                 domain_name: naming::domain_name(&id, &meta.name),
                 root_target: String::new(),
                 console_socket: console_socket.clone(),
+                seed: Some(
+                    self.config
+                        .vm_dir
+                        .join(sandbox_id)
+                        .join(format!("{}.iso", &id[..20])),
+                ),
                 log_path,
                 created_at_ns: now_ns(),
                 started_at_ns: 0,
@@ -525,8 +583,12 @@ impl Manager {
             self.save_container(&rec)?;
 
             let domain_name = rec.domain_name.clone();
+            let seed_path = rec.seed.clone();
             let undo = |m: &Manager, new_root: bool, sandbox: &SandboxRecord| {
                 let _ = m.libvirt.undefine(&domain_name);
+                if let Some(seed) = &seed_path {
+                    let _ = std::fs::remove_file(seed);
+                }
                 if new_root && let Some(root) = &sandbox.root_disk {
                     let _ = m.drop_root_disk(sandbox_id, root);
                     if let Some(dir) = root.path.parent() {
@@ -622,8 +684,39 @@ impl Manager {
                 console_socket,
                 netns: Some(sandbox.netns.clone()),
             };
-            let spec = vmspec::build(&facts, &annotations, &node);
+            let mut spec = vmspec::build(&facts, &annotations, &node);
             rec.root_target = spec.disks[0].target.clone();
+
+            // The cloud-init seed: the last disk, read-only, on the pod's disk bus.
+            if let Some(seed) = rec.seed.clone() {
+                let data = seed_data.clone();
+                let written = blocking({
+                    let seed = seed.clone();
+                    move || {
+                        if let Some(dir) = seed.parent() {
+                            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                        }
+                        virtlet_cloudinit::seed::write_iso(&data, &seed).map_err(|e| e.to_string())
+                    }
+                })
+                .await?;
+                if let Err(e) = written {
+                    undo(self, new_root, &sandbox);
+                    return Err(ManagerError::internal(format!(
+                        "cannot write the cloud-init seed: {e}"
+                    )));
+                }
+                let target = naming::disk_target(annotations.disk_bus(), spec.disks.len())
+                    .ok_or_else(|| {
+                        ManagerError::invalid("too many disks for the pod's disk bus")
+                    })?;
+                spec.disks.push(Disk {
+                    path: seed,
+                    format: DiskFormat::Raw,
+                    read_only: true,
+                    target,
+                });
+            }
             let xml = domain_xml::render(&spec);
             debug!(domain = %spec.domain_name, "defining domain:\n{xml}");
             let lv = self.libvirt.clone();
@@ -833,6 +926,9 @@ impl Manager {
         blocking(move || lv.undefine(&name)).await??;
         if let Some(sock) = &rec.console_socket {
             let _ = std::fs::remove_file(sock);
+        }
+        if let Some(seed) = &rec.seed {
+            let _ = std::fs::remove_file(seed);
         }
         let _ = std::fs::remove_file(
             self.config

@@ -46,6 +46,9 @@ pub struct ContainerRecord {
     pub domain_name: String,
     pub root_target: String,
     pub console_socket: Option<PathBuf>,
+    /// The cloud-init seed disk (removed with the container).
+    #[serde(default)]
+    pub seed: Option<PathBuf>,
     pub log_path: Option<PathBuf>,
     pub created_at_ns: i64,
     pub started_at_ns: i64,

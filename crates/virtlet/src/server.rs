@@ -146,6 +146,7 @@ pub async fn run(config: Config) -> Result<()> {
             vmwrapper,
             domain_type,
             cpu_model: (config.cpu_model == "host-model").then_some(CpuModel::HostModel),
+            kubelet_root_dir: config.kubelet_root_dir.clone(),
         },
         store.clone(),
         images.clone(),

@@ -400,3 +400,147 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
         "netns removed"
     );
 }
+
+/// cloud-init with the tiny image: NoCloud and ConfigDrive seeds made from the pod's
+/// annotations, its mounted Secret/ConfigMap files, its env and its command.
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
+    require_libvirtd();
+    let image = tiny_image();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let server = virtlet_testkit::TestServer::http().await.unwrap();
+    server.route(
+        "/tiny.qcow2",
+        virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()),
+    );
+    let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
+    d.pull(&name).await.unwrap();
+    let mut rt = d.runtime().await;
+
+    for (pod_name, kind) in [("ci-nocloud", "nocloud"), ("ci-configdrive", "configdrive")] {
+        let uid = format!("uid-{pod_name}");
+        // The kubelet's layout of a Secret and a ConfigMap volume.
+        let vols = d.dir.path().join("kubelet").join(&uid).join("volumes");
+        let secret = vols.join("kubernetes.io~secret/creds");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("password"), "hunter2").unwrap();
+        let cm = vols.join("kubernetes.io~configmap/app");
+        std::fs::create_dir_all(&cm).unwrap();
+        std::fs::write(cm.join("app.conf"), "mode=fast\n").unwrap();
+
+        let annotations = HashMap::from([
+            ("VirtletCloudInitImageType".to_owned(), kind.to_owned()),
+            ("VirtletSSHKeys".to_owned(), "ssh-ed25519 AAAATESTKEY e2e@virtlet".to_owned()),
+            (
+                "VirtletCloudInitUserData".to_owned(),
+                "runcmd:\n  - echo CI-PASSWORD=$(cat /etc/creds/password)\n  - echo CI-CONF=$(cat /etc/app/app.conf)\n  - echo CI-ENV-$(cat /etc/cloud/environment)\n  - echo CI-KEYS=$(grep -c AAAATESTKEY /root/.ssh/authorized_keys)\n".to_owned(),
+            ),
+        ]);
+        let logs = d.dir.path().join("logs").join(pod_name);
+        let config = api::PodSandboxConfig {
+            metadata: Some(api::PodSandboxMetadata {
+                name: pod_name.into(),
+                uid: uid.clone(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.display().to_string(),
+            annotations,
+            ..Default::default()
+        };
+        let pod = rt
+            .run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let c = rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(api::ContainerConfig {
+                    metadata: Some(api::ContainerMetadata {
+                        name: "vm".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(api::ImageSpec {
+                        image: name.clone(),
+                        ..Default::default()
+                    }),
+                    log_path: "vm.log".into(),
+                    command: vec!["/bin/echo".into()],
+                    args: vec!["CI-ARGS-RAN".into()],
+                    envs: vec![api::KeyValue {
+                        key: "GREETING".into(),
+                        value: "hello-env".into(),
+                    }],
+                    mounts: vec![
+                        api::Mount {
+                            host_path: secret.display().to_string(),
+                            container_path: "/etc/creds".into(),
+                            ..Default::default()
+                        },
+                        api::Mount {
+                            host_path: cm.display().to_string(),
+                            container_path: "/etc/app".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    linux: Some(api::LinuxContainerConfig {
+                        resources: Some(api::LinuxContainerResources {
+                            memory_limit_in_bytes: 256 << 20,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(config),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        guard.0.push(c.clone());
+        rt.start_container(api::StartContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+        let log = logs.join("vm.log");
+        let boot = wait_for_log(&log, MARKER, Duration::from_secs(120)).await;
+        eprintln!("e2e: {kind} boot to marker in {boot:?}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        for want in [
+            format!("{MARKER} hostname={pod_name}"),
+            "CI-PASSWORD=hunter2".into(),
+            "CI-CONF=mode=fast".into(),
+            "CI-ENV-GREETING='hello-env'".into(),
+            "CI-KEYS=1".into(),
+            "CI-ARGS-RAN".into(),
+        ] {
+            assert!(
+                text.contains(&want),
+                "{kind}: the console lacks {want:?}:\n{text}"
+            );
+        }
+        rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+        assert!(our_domains(&guard.0).is_empty());
+    }
+}

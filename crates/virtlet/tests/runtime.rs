@@ -785,3 +785,115 @@ async fn sigkill_restart_keeps_pods_and_recovers_half_done_work() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_cloud_init_input_is_refused_and_leaves_nothing() {
+    let e = env().await;
+    let d = &e.d;
+    let mut rt = d.runtime().await;
+    // Checked at RunPodSandbox: the annotations themselves.
+    for (k, v, needles) in [
+        (
+            "VirtletCloudInitUserData",
+            "runcmd: [\n  - oops",
+            vec!["VirtletCloudInitUserData", "not valid YAML at line"],
+        ),
+        (
+            "VirtletCloudInitMetaData",
+            "- not-a-map",
+            vec!["VirtletCloudInitMetaData", "YAML map"],
+        ),
+        (
+            "VirtletCloudInitUserDataSource",
+            "volume/x",
+            vec!["unknown source kind", "\"volume/x\""],
+        ),
+        (
+            "VirtletCloudInitUserDataSourceEncoding",
+            "rot13",
+            vec!["plain or base64"],
+        ),
+        (
+            "VirtletCloudInitImageType",
+            "floppy",
+            vec!["nocloud or configdrive"],
+        ),
+    ] {
+        let needles: Vec<&str> = needles;
+        assert_status(
+            run_pod(d, "ci", "uid-ci", &[(k, v)]).await,
+            Code::InvalidArgument,
+            &needles,
+        );
+    }
+    assert!(files_under(&d.dir.path().join("netns")).is_empty());
+
+    // Checked at CreateContainer, before anything is made.
+    let with_source = run_pod(
+        d,
+        "src",
+        "uid-src",
+        &[("VirtletCloudInitUserDataSource", "configmap/ud")],
+    )
+    .await
+    .unwrap();
+    assert_status(
+        create(d, &with_source, "vm", &e.image).await,
+        Code::FailedPrecondition,
+        &[
+            "configmap",
+            "ud",
+            "VirtletCloudInitUserDataSource",
+            "no Kubernetes API access",
+        ],
+    );
+    let pod = run_pod(d, "m", "uid-m", &[]).await.unwrap();
+    let outside = d.dir.path().join("not-kubelet");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("shadow"), "x").unwrap();
+    let big = d
+        .dir
+        .path()
+        .join("kubelet/uid-m/volumes/kubernetes.io~secret/big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..2 {
+        std::fs::write(big.join(format!("blob{i}")), vec![b'x'; 7 << 20]).unwrap();
+    }
+    for (mount_path, needles) in [
+        (
+            outside.join("shadow"),
+            vec!["outside the kubelet root dir", "/etc/shadow"],
+        ),
+        (
+            d.dir.path().join("kubelet/uid-m/../../not-kubelet/shadow"),
+            vec!["outside the kubelet root dir"],
+        ),
+        (big.clone(), vec!["user-data would be", "16777216"]),
+    ] {
+        let mut cfg = container_config("vm", &e.image);
+        cfg.mounts = vec![api::Mount {
+            host_path: mount_path.display().to_string(),
+            container_path: "/etc/shadow".into(),
+            ..Default::default()
+        }];
+        let result = rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: None,
+            })
+            .await;
+        assert_status(result, Code::InvalidArgument, &needles);
+    }
+    let all = rt
+        .list_containers(api::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(all.is_empty(), "nothing created: {all:?}");
+    assert!(
+        files_under(&d.dir.path().join("vms")).is_empty(),
+        "no disk or seed left"
+    );
+}

@@ -97,6 +97,8 @@ impl Daemon {
             .arg(self.dir.path().join("run"))
             .arg("--netns-dir")
             .arg(self.dir.path().join("netns"))
+            .arg("--kubelet-root-dir")
+            .arg(self.dir.path().join("kubelet"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         if self.libvirt_uri.starts_with("test:") {

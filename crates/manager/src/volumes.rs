@@ -1,0 +1,204 @@
+//! Files the kubelet mounted for the container, turned into cloud-init `write_files`:
+//! Secret and ConfigMap volumes (every file, with its mode) and single-file mounts. Host
+//! paths must lie inside the kubelet root dir once symlinks are resolved: no path traversal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::Mount;
+use virtlet_cloudinit::WriteFile;
+
+use crate::ManagerError;
+
+/// Largest file copied into the guest this way.
+const MAX_FILE: u64 = 8 << 20;
+
+fn inside(root: &Path, path: &Path) -> bool {
+    path.starts_with(root)
+}
+
+/// The files of the mounts virtlet copies into the guest. Other mounts (emptyDir, hostPath
+/// directories, ...) are not files to copy and are skipped.
+pub fn mounted_files(
+    kubelet_root: &Path,
+    mounts: &[Mount],
+) -> Result<Vec<WriteFile>, ManagerError> {
+    let mut out = Vec::new();
+    let root = match kubelet_root.canonicalize() {
+        Ok(r) => r,
+        Err(_) if mounts.is_empty() => return Ok(out),
+        Err(e) => {
+            return Err(ManagerError::precondition(format!(
+                "the kubelet root dir {} cannot be resolved: {e}",
+                kubelet_root.display()
+            )));
+        }
+    };
+    for m in mounts {
+        let bad = |reason: String| {
+            ManagerError::invalid(format!(
+                "mount {:?} (host path {:?}): {reason}",
+                m.container_path, m.host_path
+            ))
+        };
+        if !m.container_path.starts_with('/') {
+            return Err(bad("the container path must be absolute".into()));
+        }
+        let host = Path::new(&m.host_path)
+            .canonicalize()
+            .map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+        if !inside(&root, &host) {
+            return Err(bad(format!(
+                "it resolves to {}, outside the kubelet root dir {}",
+                host.display(),
+                root.display()
+            )));
+        }
+        let meta = std::fs::metadata(&host).map_err(|e| bad(e.to_string()))?;
+        if meta.is_file() {
+            out.push(read_file(&host, &m.container_path, meta.permissions().mode()).map_err(bad)?);
+            continue;
+        }
+        let text = host.to_string_lossy();
+        if !(text.contains("kubernetes.io~secret") || text.contains("kubernetes.io~configmap")) {
+            continue;
+        }
+        let mut files = Vec::new();
+        walk(&host, &mut files).map_err(|e| bad(e.to_string()))?;
+        for f in files {
+            let real = f.canonicalize().map_err(|e| bad(e.to_string()))?;
+            if !inside(&root, &real) {
+                return Err(bad(format!(
+                    "{} resolves outside the kubelet root dir",
+                    f.display()
+                )));
+            }
+            let rel = f.strip_prefix(&host).unwrap_or(&f);
+            let dest = format!(
+                "{}/{}",
+                m.container_path.trim_end_matches('/'),
+                rel.display()
+            );
+            let mode = std::fs::metadata(&real)
+                .map_err(|e| bad(e.to_string()))?
+                .permissions()
+                .mode();
+            out.push(read_file(&real, &dest, mode).map_err(bad)?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_file(path: &Path, dest: &str, mode: u32) -> Result<WriteFile, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > MAX_FILE {
+        return Err(format!(
+            "{} is {len} bytes, more than {MAX_FILE}",
+            path.display()
+        ));
+    }
+    Ok(WriteFile {
+        path: dest.to_owned(),
+        content: std::fs::read(path).map_err(|e| e.to_string())?,
+        permissions: mode & 0o7777,
+    })
+}
+
+/// Regular files under `dir`, following the kubelet's `..data` symlinks but skipping the
+/// dot-named bookkeeping entries themselves.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        let meta = std::fs::metadata(&p)?;
+        if meta.is_dir() {
+            walk(&p, out)?;
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn mount(host: &Path, container: &str) -> Mount {
+        Mount {
+            host_path: host.display().to_string(),
+            container_path: container.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_volumes_single_files_and_traversal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pods");
+        // A Secret volume as the kubelet lays it out: files are links into ..data.
+        let vol = root.join("uid/volumes/kubernetes.io~secret/creds");
+        let data = vol.join("..2026_11_26");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("password"), "hunter2").unwrap();
+        std::fs::set_permissions(
+            data.join("password"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2026_11_26", vol.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/password", vol.join("password")).unwrap();
+        let single = root.join("uid/etc-hosts");
+        std::fs::write(&single, "127.0.0.1 localhost\n").unwrap();
+        let empty_dir = root.join("uid/volumes/kubernetes.io~empty-dir/scratch");
+        std::fs::create_dir_all(&empty_dir).unwrap();
+
+        let files = mounted_files(
+            &root,
+            &[
+                mount(&vol, "/etc/creds"),
+                mount(&single, "/etc/hosts"),
+                mount(&empty_dir, "/scratch"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files[0].path, "/etc/creds/password");
+        assert_eq!(files[0].content, b"hunter2");
+        assert_eq!(files[0].permissions, 0o600);
+        assert_eq!(files[1].path, "/etc/hosts");
+
+        // Outside the root, directly or through a symlink.
+        let outside = dir.path().join("etc-shadow");
+        std::fs::write(&outside, "secret").unwrap();
+        let err = mounted_files(&root, &[mount(&outside, "/x")]).unwrap_err();
+        assert!(
+            err.message.contains("outside the kubelet root dir"),
+            "{err}"
+        );
+        let sneaky = root.join("uid/volumes/kubernetes.io~configmap/cm");
+        std::fs::create_dir_all(&sneaky).unwrap();
+        std::os::unix::fs::symlink(&outside, sneaky.join("shadow")).unwrap();
+        let err = mounted_files(&root, &[mount(&sneaky, "/etc/cm")]).unwrap_err();
+        assert!(
+            err.message.contains("outside the kubelet root dir"),
+            "{err}"
+        );
+        let dotdot = format!("{}/uid/../../etc-shadow", root.display());
+        let err = mounted_files(
+            &root,
+            &[Mount {
+                host_path: dotdot,
+                container_path: "/x".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap_err();
+        assert!(err.message.contains("outside"), "{err}");
+    }
+}
