@@ -110,9 +110,7 @@ async fn a_second_daemon_is_refused_and_sigterm_stops_gracefully() {
 async fn a_stale_socket_is_replaced() {
     let mut d = Daemon::start().await;
     // SIGKILL leaves the socket file behind.
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
     assert!(d.socket.exists());
     assert!(
         connect(&d.socket).await.is_err() || {
@@ -121,18 +119,7 @@ async fn a_stale_socket_is_replaced() {
             rt.version(VersionRequest::default()).await.is_err()
         }
     );
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    d.child = Some(
-        d.command("http")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    d.wait_ready().await;
+    d.restart().await;
     d.runtime()
         .await
         .version(VersionRequest::default())
@@ -151,27 +138,14 @@ async fn startup_gc_removes_partial_and_unreferenced_data_and_keeps_images() {
         .await
         .unwrap();
     let hex = pulled.rsplit(':').next().unwrap().to_owned();
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
 
     let partial = d.image_dir.join("tmp/pull-00000000deadbeef");
     std::fs::write(&partial, b"half an image").unwrap();
     let orphan = d.image_dir.join("blobs/sha256").join("a".repeat(64));
     std::fs::write(&orphan, b"nobody refers to me").unwrap();
 
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    d.child = Some(
-        d.command("http")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    d.wait_ready().await;
+    d.restart().await;
     assert!(!partial.exists(), "temp downloads are removed at startup");
     assert!(!orphan.exists(), "unreferenced data is removed at startup");
     assert!(

@@ -69,6 +69,18 @@ async fn require_libvirtd_within(limit: Duration) {
     panic!("libvirtd did not come back within {limit:?}");
 }
 
+/// Serves `image` over HTTP, as nodes get images, and pulls it through CRI.
+async fn serve_and_pull(d: &Daemon, image: &Path) -> (virtlet_testkit::TestServer, String) {
+    let server = virtlet_testkit::TestServer::http().await.unwrap();
+    server.route(
+        "/tiny.qcow2",
+        virtlet_testkit::Route::Content(std::fs::read(image).unwrap().into()),
+    );
+    let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
+    d.pull(&name).await.unwrap();
+    (server, name)
+}
+
 /// Destroys and undefines the domains of the given containers, whatever happens to the test.
 struct DomainGuard(Vec<String>);
 
@@ -163,13 +175,7 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
     })
     .await;
     let mut guard = DomainGuard(Vec::new());
-    let server = virtlet_testkit::TestServer::http().await.unwrap();
-    server.route(
-        "/tiny.qcow2",
-        virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()),
-    );
-    let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
-    d.pull(&name).await.unwrap();
+    let (_server, name) = serve_and_pull(&d, &image).await;
     assert!(
         d.log_text().contains("TCG") || d.log_text().contains("KVM"),
         "the KVM probe decided"
@@ -302,21 +308,8 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
 
     // SIGKILL the daemon: the VM keeps running and is reported RUNNING after a restart, and
     // its console is captured again.
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    d.child = Some(
-        d.command("http")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    d.wait_ready().await;
+    d.kill();
+    d.restart().await;
     let mut rt = d.runtime().await;
     let st = status(&mut rt, &c2).await;
     assert_eq!(
@@ -413,13 +406,7 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
     })
     .await;
     let mut guard = DomainGuard(Vec::new());
-    let server = virtlet_testkit::TestServer::http().await.unwrap();
-    server.route(
-        "/tiny.qcow2",
-        virtlet_testkit::Route::Content(std::fs::read(&image).unwrap().into()),
-    );
-    let name = format!("virtlet.cloud/{}", server.location("/tiny.qcow2"));
-    d.pull(&name).await.unwrap();
+    let (_server, name) = serve_and_pull(&d, &image).await;
     let mut rt = d.runtime().await;
 
     for (pod_name, kind) in [("ci-nocloud", "nocloud"), ("ci-configdrive", "configdrive")] {

@@ -702,9 +702,7 @@ async fn sigkill_restart_keeps_pods_and_recovers_half_done_work() {
     })
     .await
     .unwrap();
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
 
     // Leftovers of a crash: a pod directory and a netns virtlet does not know about, and a
     // container record caught half-way through CreateContainer.
@@ -732,18 +730,7 @@ async fn sigkill_restart_keeps_pods_and_recovers_half_done_work() {
         txn.commit().unwrap();
     }
 
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&d.log)
-        .unwrap();
-    d.child = Some(
-        d.command("http")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    d.wait_ready().await;
+    d.restart().await;
     let mut rt2 = d.runtime().await;
     // The test driver lives in the daemon's process: its VM died with it, and that is what
     // recovery reports. (With QEMU the VM keeps running: see the e2e tests.)

@@ -27,6 +27,8 @@ pub struct Daemon {
     pub db: PathBuf,
     pub log: PathBuf,
     pub libvirt_uri: String,
+    protocol: String,
+    extra_env: Vec<(String, String)>,
 }
 
 pub struct Options {
@@ -74,8 +76,10 @@ impl Daemon {
             db,
             log,
             libvirt_uri: opts.libvirt_uri.to_owned(),
+            protocol: opts.protocol.to_owned(),
+            extra_env: opts.extra_env,
         };
-        d.spawn(opts.protocol, &opts.extra_env).await;
+        d.spawn().await;
         d
     }
 
@@ -112,16 +116,29 @@ impl Daemon {
         cmd
     }
 
-    async fn spawn(&mut self, protocol: &str, env: &[(String, String)]) {
+    /// SIGKILLs the daemon: its socket and state stay behind, as after a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the daemon again with the same settings and waits until it serves.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let (protocol, env) = (self.protocol.clone(), self.extra_env.clone());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = self.command(protocol);
-        cmd.envs(env.iter().cloned())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        let mut cmd = self.command(&protocol);
+        cmd.envs(env).stdout(log.try_clone().unwrap()).stderr(log);
         self.child = Some(cmd.spawn().unwrap());
         self.wait_ready().await;
     }
