@@ -111,42 +111,42 @@ fn spec(image: &str) -> Option<ImageSpec> {
     })
 }
 
-/// A full container ID from a unique prefix, as crictl accepts.
+/// The one ID that starts with `prefix`, as crictl accepts; no match: the prefix itself (the
+/// daemon then says what is wrong).
+fn unique_prefix(ids: Vec<String>, prefix: &str, what: &str) -> Result<String> {
+    let matching: Vec<String> = ids
+        .into_iter()
+        .filter(|id| id.starts_with(prefix))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(prefix.to_owned()),
+        _ => anyhow::bail!("{what} ID prefix {prefix:?} is ambiguous"),
+    }
+}
+
 async fn resolve_container(rt: &mut RuntimeServiceClient<Channel>, prefix: &str) -> Result<String> {
-    let ids: Vec<String> = rt
+    let list = rt
         .list_containers(api::ListContainersRequest::default())
         .await
         .map_err(status_err)?
         .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .filter(|id| id.starts_with(prefix))
-        .collect();
-    match ids.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Ok(prefix.to_owned()),
-        _ => anyhow::bail!("container ID prefix {prefix:?} is ambiguous"),
-    }
+        .containers;
+    unique_prefix(
+        list.into_iter().map(|c| c.id).collect(),
+        prefix,
+        "container",
+    )
 }
 
-/// A full pod ID from a unique prefix.
 async fn resolve_pod(rt: &mut RuntimeServiceClient<Channel>, prefix: &str) -> Result<String> {
-    let ids: Vec<String> = rt
+    let list = rt
         .list_pod_sandbox(api::ListPodSandboxRequest::default())
         .await
         .map_err(status_err)?
         .into_inner()
-        .items
-        .into_iter()
-        .map(|p| p.id)
-        .filter(|id| id.starts_with(prefix))
-        .collect();
-    match ids.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Ok(prefix.to_owned()),
-        _ => anyhow::bail!("pod ID prefix {prefix:?} is ambiguous"),
-    }
+        .items;
+    unique_prefix(list.into_iter().map(|p| p.id).collect(), prefix, "pod")
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
