@@ -16,3 +16,20 @@ pub use k8s_cri::v1 as api;
 pub const RUNTIME_NAME: &str = "virtlet";
 /// The CRI API version served.
 pub const RUNTIME_API_VERSION: &str = "v1";
+
+/// A gRPC channel to a CRI server on a unix socket (for clients: virtletctl, tests, benches).
+pub async fn connect_unix(
+    socket: &std::path::Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}

@@ -346,15 +346,13 @@ impl RuntimeService for RuntimeServer {
             .manager
             .sandbox(&req.pod_sandbox_id)
             .map_err(|e| manager_error_status(&e))?;
-        let containers: Vec<api::ContainerStatus> = self
-            .manager
-            .list_containers(Some(&api::ContainerFilter {
+        let containers = self.manager.map_containers(
+            Some(&api::ContainerFilter {
                 pod_sandbox_id: s.id.clone(),
                 ..Default::default()
-            }))
-            .iter()
-            .map(container_status)
-            .collect();
+            }),
+            container_status,
+        );
         Ok(Response::new(api::PodSandboxStatusResponse {
             status: Some(sandbox_status(&s)),
             info: if req.verbose {
@@ -378,9 +376,7 @@ impl RuntimeService for RuntimeServer {
         let filter = request.into_inner().filter;
         let items = self
             .manager
-            .list_sandboxes(filter.as_ref())
-            .iter()
-            .map(|s| api::PodSandbox {
+            .map_sandboxes(filter.as_ref(), |s| api::PodSandbox {
                 id: s.id.clone(),
                 metadata: s.config.metadata.clone(),
                 state: sandbox_cri_state(s.state),
@@ -388,8 +384,7 @@ impl RuntimeService for RuntimeServer {
                 labels: s.config.labels.clone(),
                 annotations: s.config.annotations.clone(),
                 runtime_handler: s.runtime_handler.clone(),
-            })
-            .collect();
+            });
         Ok(Response::new(api::ListPodSandboxResponse { items }))
     }
 
@@ -459,12 +454,7 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::ListContainersRequest>,
     ) -> Result<Response<api::ListContainersResponse>, Status> {
         let filter = request.into_inner().filter;
-        let containers = self
-            .manager
-            .list_containers(filter.as_ref())
-            .iter()
-            .map(container)
-            .collect();
+        let containers = self.manager.map_containers(filter.as_ref(), container);
         Ok(Response::new(api::ListContainersResponse { containers }))
     }
 

@@ -186,20 +186,31 @@ impl Manager {
     }
 
     pub fn list_sandboxes(&self, filter: Option<&PodSandboxFilter>) -> Vec<SandboxRecord> {
+        self.map_sandboxes(filter, SandboxRecord::clone)
+    }
+
+    /// Applies `f` to every listed sandbox under one read lock, so a List call builds its
+    /// answer without first copying whole records (the kubelet lists every second).
+    pub fn map_sandboxes<T>(
+        &self,
+        filter: Option<&PodSandboxFilter>,
+        f: impl Fn(&SandboxRecord) -> T,
+    ) -> Vec<T> {
         read(&self.sandboxes)
             .values()
             .filter(|s| matches!(s.state, SandboxState::Ready | SandboxState::NotReady))
             .filter(|s| match filter {
                 None => true,
-                Some(f) => {
-                    filters::id_matches(&f.id, &s.id)
-                        && f.state
+                Some(fl) => {
+                    filters::id_matches(&fl.id, &s.id)
+                        && fl
+                            .state
                             .as_ref()
                             .is_none_or(|st| st.state == sandbox_cri_state(s.state))
-                        && filters::labels_match(&f.label_selector, &s.config.labels)
+                        && filters::labels_match(&fl.label_selector, &s.config.labels)
                 }
             })
-            .cloned()
+            .map(f)
             .collect()
     }
 
@@ -212,21 +223,31 @@ impl Manager {
     }
 
     pub fn list_containers(&self, filter: Option<&ContainerFilter>) -> Vec<ContainerRecord> {
+        self.map_containers(filter, ContainerRecord::clone)
+    }
+
+    /// Applies `f` to every listed container under one read lock (see [`Self::map_sandboxes`]).
+    pub fn map_containers<T>(
+        &self,
+        filter: Option<&ContainerFilter>,
+        f: impl Fn(&ContainerRecord) -> T,
+    ) -> Vec<T> {
         read(&self.containers)
             .values()
             .filter(|c| !matches!(c.state, ContainerState::Creating | ContainerState::Removing))
             .filter(|c| match filter {
                 None => true,
-                Some(f) => {
-                    filters::id_matches(&f.id, &c.id)
-                        && filters::id_matches(&f.pod_sandbox_id, &c.sandbox_id)
-                        && f.state
+                Some(fl) => {
+                    filters::id_matches(&fl.id, &c.id)
+                        && filters::id_matches(&fl.pod_sandbox_id, &c.sandbox_id)
+                        && fl
+                            .state
                             .as_ref()
                             .is_none_or(|st| st.state == container_cri_state(c.state))
-                        && filters::labels_match(&f.label_selector, &c.config.labels)
+                        && filters::labels_match(&fl.label_selector, &c.config.labels)
                 }
             })
-            .cloned()
+            .map(f)
             .collect()
     }
 
@@ -306,7 +327,10 @@ impl Manager {
             self.save_sandbox(&rec)?;
             let made = blocking({
                 let netns = netns.clone();
-                move || netns::create(&netns)
+                move || {
+                    let _phase = tracing::debug_span!("netns").entered();
+                    netns::create(&netns)
+                }
             })
             .await?;
             if let Err(e) = made {
@@ -626,6 +650,7 @@ impl Manager {
                 new_root = true;
                 let size = annotations.root_volume_size;
                 let made = blocking(move || {
+                    let _phase = tracing::debug_span!("root_disk").entered();
                     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                     virtlet_vm::disk::create_overlay(
                         &path,
@@ -693,6 +718,7 @@ impl Manager {
                 let written = blocking({
                     let seed = seed.clone();
                     move || {
+                        let _phase = tracing::debug_span!("seed").entered();
                         if let Some(dir) = seed.parent() {
                             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
                         }
@@ -721,7 +747,12 @@ impl Manager {
             debug!(domain = %spec.domain_name, "defining domain:\n{xml}");
             let lv = self.libvirt.clone();
             let name = spec.domain_name.clone();
-            if let Err(e) = blocking(move || lv.define(&name, &xml)).await? {
+            if let Err(e) = blocking(move || {
+                let _phase = tracing::debug_span!("define").entered();
+                lv.define(&name, &xml)
+            })
+            .await?
+            {
                 undo(self, new_root, &sandbox);
                 if new_root {
                     sandbox.root_disk = None;
@@ -760,7 +791,12 @@ impl Manager {
             let lv = self.libvirt.clone();
             let name = rec.domain_name.clone();
             let paused = rec.console_socket.is_some();
-            if let Err(e) = blocking(move || lv.start(&name, paused)).await? {
+            if let Err(e) = blocking(move || {
+                let _phase = tracing::debug_span!("start_domain", paused).entered();
+                lv.start(&name, paused)
+            })
+            .await?
+            {
                 rec.state = rec.state.transition(ContainerState::Exited)?;
                 rec.finished_at_ns = now_ns();
                 rec.exit = Some(Exit {
@@ -772,10 +808,16 @@ impl Manager {
                 return Err(ManagerError::internal(format!("cannot start the VM: {e}")));
             }
             if let Some(socket) = rec.console_socket.clone() {
-                self.attach_console(&rec, &socket).await;
+                self.attach_console(&rec, &socket)
+                    .instrument(tracing::debug_span!("console"))
+                    .await;
                 let lv = self.libvirt.clone();
                 let name = rec.domain_name.clone();
-                blocking(move || lv.resume(&name)).await??;
+                blocking(move || {
+                    let _phase = tracing::debug_span!("resume").entered();
+                    lv.resume(&name)
+                })
+                .await??;
             }
             rec.state = rec.state.transition(ContainerState::Running)?;
             rec.started_at_ns = now_ns();

@@ -62,7 +62,15 @@ fn init_logging(level: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},h2=info,hyper=info,tower=info"))
     });
+    // At debug level every span reports its duration when it closes: a slow pod start then
+    // explains itself phase by phase (sandbox, root disk, seed, define, start, console, resume).
+    let span_events = if level >= 1 {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     tracing_subscriber::fmt()
+        .with_span_events(span_events)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

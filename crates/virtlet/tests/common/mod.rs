@@ -8,15 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ImageSpec, ImageStatusRequest, ImageStatusResponse, ListImagesRequest, PullImageRequest,
     RemoveImageRequest,
 };
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub struct Daemon {
     pub child: Option<Child>,
@@ -293,13 +291,7 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
 }
 
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = socket.to_owned();
-    Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
+    virtlet_cri::connect_unix(socket).await
 }
 
 /// Asserts a gRPC error's code and that its message has each of `needles`.

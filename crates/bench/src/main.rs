@@ -1,0 +1,651 @@
+//! `virtlet-bench`: the measuring half of `bench/run`. Each subcommand runs virtlet (A) and its
+//! baseline (B) interleaved, A B A B ..., and prints one JSON object with the raw times.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use k8s_cri::v1 as api;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+const MARKER: &str = "VIRTLET-GUEST-READY";
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long)]
+    socket: PathBuf,
+    /// The VM image name to use (pulled already).
+    #[arg(long, default_value = "")]
+    image: String,
+    /// Scratch directory for logs, overlays and seeds.
+    #[arg(long)]
+    work: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// RunPodSandbox + CreateContainer + StartContainer vs `virsh create` of the same XML.
+    PodStart {
+        #[arg(long, default_value_t = 8)]
+        runs: usize,
+    },
+    /// RunPodSandbox to the guest's marker in the CRI log vs plain QEMU to the same marker.
+    Ready {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The image file plain QEMU boots (the blob virtlet pulled).
+        #[arg(long)]
+        image_file: PathBuf,
+    },
+    /// N pods started at once until all are ready vs N plain QEMU boots at once.
+    Parallel {
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long)]
+        image_file: PathBuf,
+    },
+    /// List/Status latency with many sandboxes (each with a created VM) present.
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        sandboxes: usize,
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// The daemon's pid, for its RSS.
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Full pod lifecycles one after another; first vs last durations, and leaks afterwards.
+    Steady {
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        #[arg(long)]
+        pid: u32,
+        /// The daemon's VM and netns dirs, checked for leftovers.
+        #[arg(long)]
+        vm_dir: PathBuf,
+        #[arg(long)]
+        netns_dir: PathBuf,
+    },
+}
+
+struct Cri {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("bench-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str) -> api::ContainerConfig {
+    api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata {
+            name: "vm".into(),
+            attempt: 0,
+        }),
+        image: Some(api::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        log_path: "vm.log".into(),
+        linux: Some(api::LinuxContainerConfig {
+            resources: Some(api::LinuxContainerResources {
+                memory_limit_in_bytes: 256 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Cri {
+    async fn pod(
+        &mut self,
+        name: &str,
+        image: &str,
+        log_dir: &Path,
+        start: bool,
+    ) -> Result<(String, String)> {
+        let config = pod_config(name, log_dir);
+        let pod = self
+            .rt
+            .run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let c = self
+            .rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config(image)),
+                sandbox_config: Some(config),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        if start {
+            self.rt
+                .start_container(api::StartContainerRequest {
+                    container_id: c.clone(),
+                })
+                .await?;
+        }
+        Ok((pod, c))
+    }
+
+    async fn remove_pod(&mut self, pod: &str) -> Result<()> {
+        self.rt
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await?;
+        self.rt
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn domain_of(&mut self, container: &str) -> Result<String> {
+        let info = self
+            .rt
+            .container_status(api::ContainerStatusRequest {
+                container_id: container.into(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
+        let v: serde_json::Value =
+            serde_json::from_str(info.get("info").context("no verbose info")?)?;
+        Ok(v["domain"]
+            .as_str()
+            .context("no domain in info")?
+            .to_owned())
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn virsh(args: &[&str]) -> Result<String> {
+    run(Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args))
+}
+
+async fn wait_marker(path: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(MARKER)
+        {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("no marker in {} within {timeout:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A NoCloud seed like virtlet's for a pod of this name (same generator).
+fn seed(work: &Path, name: &str) -> Result<PathBuf> {
+    let data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {
+        pod_name: name,
+        namespace: "bench",
+        uuid: "00000000-0000-4000-8000-000000000000",
+        ..Default::default()
+    })?;
+    let path = work.join(format!("{name}-seed.iso"));
+    virtlet_cloudinit::seed::write_iso(&data, &path)?;
+    Ok(path)
+}
+
+fn overlay(work: &Path, name: &str, image: &Path) -> Result<PathBuf> {
+    let path = work.join(format!("{name}-root.qcow2"));
+    let _ = std::fs::remove_file(&path);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image)
+        .arg(&path))?;
+    Ok(path)
+}
+
+/// Plain QEMU with the devices virtlet gives a VM (virtio-scsi root and seed, serial to a file).
+fn plain_qemu(work: &Path, name: &str, image: &Path) -> Result<(Child, PathBuf)> {
+    let root = overlay(work, name, image)?;
+    let seed = seed(work, name)?;
+    let serial = work.join(format!("{name}-serial.log"));
+    let _ = std::fs::remove_file(&serial);
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=qcow2,if=none,id=d0",
+            root.display()
+        ))
+        .args(["-device", "scsi-hd,drive=d0,bus=scsi0.0"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=none,id=d1,readonly=on",
+            seed.display()
+        ))
+        .args(["-device", "scsi-hd,drive=d1,bus=scsi0.0"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((child, serial))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() { 0.0 } else { s[s.len() / 2] }
+}
+
+fn p99(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        0.0
+    } else {
+        s[((s.len() as f64 * 0.99).ceil() as usize)
+            .saturating_sub(1)
+            .min(s.len() - 1)]
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Logs are appended to: a marker left by an earlier run must not count.
+    let _ = std::fs::remove_dir_all(cli.work.join("logs"));
+    std::fs::create_dir_all(&cli.work)?;
+    let ch = virtlet_cri::connect_unix(&cli.socket).await?;
+    let mut cri = Cri {
+        rt: RuntimeServiceClient::new(ch.clone()),
+        img: ImageServiceClient::new(ch),
+    };
+    let logs = cli.work.join("logs");
+    let out = match cli.cmd {
+        Cmd::PodStart { runs } => {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..runs + 1 {
+                let name = format!("start{i}");
+                let t = Instant::now();
+                let (pod, c) = cri.pod(&name, &cli.image, &logs.join(&name), true).await?;
+                let da = t.elapsed();
+                let domain = cri.domain_of(&c).await?;
+                // The same domain, defined by hand: its own disks and console, no netns.
+                let xml = virsh(&["dumpxml", "--inactive", &domain])?;
+                let root = overlay(&cli.work, &name, &blob_of(&xml)?)?;
+                let seed_copy = cli.work.join(format!("{name}-seed.iso"));
+                std::fs::copy(seed_path_of(&xml)?, &seed_copy)?;
+                let xml = rewrite_for_baseline(
+                    &xml,
+                    &format!("{domain}-base"),
+                    &root,
+                    &seed_copy,
+                    &cli.work.join(format!("{name}.sock")),
+                )?;
+                cri.remove_pod(&pod).await?;
+                let file = cli.work.join(format!("{name}.xml"));
+                std::fs::write(&file, xml)?;
+                let t = Instant::now();
+                virsh(&["create", &file.display().to_string()])?;
+                let db = t.elapsed();
+                virsh(&["destroy", &format!("{domain}-base")])?;
+                if i > 0 {
+                    // The first pair warms caches.
+                    a.push(secs(da));
+                    b.push(secs(db));
+                }
+            }
+            json!({ "virtlet_s": a, "baseline_s": b })
+        }
+        Cmd::Ready { runs, image_file } => {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..runs {
+                let name = format!("ready{i}");
+                let t = Instant::now();
+                let (pod, _c) = cri.pod(&name, &cli.image, &logs.join(&name), true).await?;
+                wait_marker(&logs.join(&name).join("vm.log"), Duration::from_secs(180)).await?;
+                a.push(secs(t.elapsed()));
+                cri.remove_pod(&pod).await?;
+                let t = Instant::now();
+                let (mut child, serial) =
+                    plain_qemu(&cli.work, &format!("{name}-base"), &image_file)?;
+                let r = wait_marker(&serial, Duration::from_secs(180)).await;
+                b.push(secs(t.elapsed()));
+                let _ = child.kill();
+                let _ = child.wait();
+                r?;
+            }
+            json!({ "virtlet_s": a, "baseline_s": b })
+        }
+        Cmd::Parallel {
+            count,
+            rounds,
+            image_file,
+        } => {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for r in 0..rounds {
+                let t = Instant::now();
+                let mut pods = Vec::new();
+                let mut starts = Vec::new();
+                for i in 0..count {
+                    let name = format!("par{r}x{i}");
+                    let mut c2 = Cri {
+                        rt: cri.rt.clone(),
+                        img: cri.img.clone(),
+                    };
+                    let log_dir = logs.join(&name);
+                    let image = cli.image.clone();
+                    starts.push(tokio::spawn(async move {
+                        c2.pod(&name, &image, &log_dir, true).await
+                    }));
+                }
+                for s in starts {
+                    pods.push(s.await??.0);
+                }
+                for i in 0..count {
+                    wait_marker(
+                        &logs.join(format!("par{r}x{i}")).join("vm.log"),
+                        Duration::from_secs(600),
+                    )
+                    .await?;
+                }
+                a.push(secs(t.elapsed()));
+                for p in pods {
+                    cri.remove_pod(&p).await?;
+                }
+                let t = Instant::now();
+                let mut children = Vec::new();
+                for i in 0..count {
+                    children.push(plain_qemu(&cli.work, &format!("par{r}b{i}"), &image_file)?);
+                }
+                let mut res = Ok(());
+                for (_, serial) in &children {
+                    res = res.and(wait_marker(serial, Duration::from_secs(600)).await);
+                }
+                b.push(secs(t.elapsed()));
+                for (mut c, _) in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                res?;
+            }
+            json!({ "virtlet_s": a, "baseline_s": b, "count": count })
+        }
+        Cmd::Scale {
+            sandboxes,
+            calls,
+            pid,
+        } => {
+            let rss_before = rss_kib(pid);
+            let mut pods = Vec::new();
+            let mut containers = Vec::new();
+            let t = Instant::now();
+            for i in 0..sandboxes {
+                let (p, c) = cri
+                    .pod(&format!("scale{i}"), &cli.image, &logs, false)
+                    .await?;
+                pods.push(p);
+                containers.push(c);
+            }
+            let fill = t.elapsed();
+            let rss = rss_kib(pid);
+            let mut lat: HashMap<&str, Vec<f64>> = HashMap::new();
+            for i in 0..calls {
+                let p = &pods[i % pods.len()];
+                let c = &containers[i % containers.len()];
+                let t = Instant::now();
+                cri.rt
+                    .list_pod_sandbox(api::ListPodSandboxRequest::default())
+                    .await?;
+                lat.entry("ListPodSandbox")
+                    .or_default()
+                    .push(secs(t.elapsed()) * 1000.0);
+                let t = Instant::now();
+                cri.rt
+                    .list_containers(api::ListContainersRequest::default())
+                    .await?;
+                lat.entry("ListContainers")
+                    .or_default()
+                    .push(secs(t.elapsed()) * 1000.0);
+                let t = Instant::now();
+                cri.rt
+                    .pod_sandbox_status(api::PodSandboxStatusRequest {
+                        pod_sandbox_id: p.clone(),
+                        verbose: false,
+                    })
+                    .await?;
+                lat.entry("PodSandboxStatus")
+                    .or_default()
+                    .push(secs(t.elapsed()) * 1000.0);
+                let t = Instant::now();
+                cri.rt
+                    .container_status(api::ContainerStatusRequest {
+                        container_id: c.clone(),
+                        verbose: false,
+                    })
+                    .await?;
+                lat.entry("ContainerStatus")
+                    .or_default()
+                    .push(secs(t.elapsed()) * 1000.0);
+            }
+            for p in &pods {
+                cri.remove_pod(p).await?;
+            }
+            let summary: serde_json::Map<String, serde_json::Value> = lat
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        json!({ "p50_ms": median(v), "p99_ms": p99(v) }),
+                    )
+                })
+                .collect();
+            json!({
+                "sandboxes": sandboxes, "calls": calls, "fill_s": secs(fill),
+                "rss_kib_before": rss_before, "rss_kib": rss, "latency": summary,
+            })
+        }
+        Cmd::Steady {
+            cycles,
+            pid,
+            vm_dir,
+            netns_dir,
+        } => {
+            let fds_before = fds(pid);
+            let mut times = Vec::new();
+            for i in 0..cycles {
+                let name = format!("steady{i}");
+                let t = Instant::now();
+                let (pod, c) = cri.pod(&name, &cli.image, &logs.join(&name), true).await?;
+                cri.rt
+                    .stop_container(api::StopContainerRequest {
+                        container_id: c.clone(),
+                        timeout: 0,
+                    })
+                    .await?;
+                cri.rt
+                    .remove_container(api::RemoveContainerRequest { container_id: c })
+                    .await?;
+                cri.remove_pod(&pod).await?;
+                times.push(secs(t.elapsed()));
+                let _ = std::fs::remove_dir_all(logs.join(&name));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let domains = virsh(&["list", "--all", "--name"])?
+                .lines()
+                .filter(|l| l.starts_with("virtlet-"))
+                .count();
+            let count = |d: &Path| std::fs::read_dir(d).map(|e| e.count()).unwrap_or(0);
+            let pods = cri
+                .rt
+                .list_pod_sandbox(api::ListPodSandboxRequest::default())
+                .await?
+                .into_inner()
+                .items
+                .len();
+            let first = median(&times[..10.min(times.len())]);
+            let last = median(&times[times.len().saturating_sub(10)..]);
+            json!({
+                "cycles": cycles, "first10_median_s": first, "last10_median_s": last,
+                "ratio": if first > 0.0 { last / first } else { 0.0 },
+                "leaked": { "domains": domains, "vm_dir_entries": count(&vm_dir), "netns": count(&netns_dir),
+                            "pods": pods, "fds_before": fds_before, "fds_after": fds(pid) },
+            })
+        }
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn attr_after<'a>(xml: &'a str, anchor: &str, attr: &str) -> Option<&'a str> {
+    let at = xml.find(anchor)?;
+    let rest = &xml[at..];
+    let a = rest
+        .find(&format!("{attr}='"))
+        .map(|i| (i, '\''))
+        .or_else(|| rest.find(&format!("{attr}=\"")).map(|i| (i, '"')))?;
+    let start = a.0 + attr.len() + 2;
+    let end = rest[start..].find(a.1)? + start;
+    Some(&rest[start..end])
+}
+
+/// The image blob behind the root overlay: qemu-img tells the backing file.
+fn blob_of(xml: &str) -> Result<PathBuf> {
+    let root = attr_after(xml, "<disk", "file").context("no root disk in the domain XML")?;
+    let info = run(Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(root))?;
+    let v: serde_json::Value = serde_json::from_str(&info)?;
+    Ok(PathBuf::from(
+        v["backing-filename"]
+            .as_str()
+            .context("root disk has no backing file")?,
+    ))
+}
+
+fn seed_path_of(xml: &str) -> Result<PathBuf> {
+    let second = xml.match_indices("<disk").nth(1).context("no seed disk")?.0;
+    Ok(PathBuf::from(
+        attr_after(&xml[second..], "<source", "file").context("no seed path")?,
+    ))
+}
+
+fn rewrite_for_baseline(
+    xml: &str,
+    name: &str,
+    root: &Path,
+    seed: &Path,
+    console: &Path,
+) -> Result<String> {
+    let old_root = attr_after(xml, "<disk", "file")
+        .context("no root")?
+        .to_owned();
+    let old_seed = seed_path_of(xml)?.display().to_string();
+    let old_name = xml
+        .split("<name>")
+        .nth(1)
+        .and_then(|s| s.split("</name>").next())
+        .context("no name")?
+        .to_owned();
+    let old_console = attr_after(xml, "<serial", "path")
+        .context("no console")?
+        .to_owned();
+    let mut out = xml
+        .replace(
+            &format!("<name>{old_name}</name>"),
+            &format!("<name>{name}</name>"),
+        )
+        .replace(&old_root, &root.display().to_string())
+        .replace(&old_seed, &seed.display().to_string())
+        .replace(&old_console, &console.display().to_string());
+    // A new UUID and no netns: the baseline is QEMU started by libvirt, nothing more.
+    if let (Some(a), Some(b)) = (out.find("<uuid>"), out.find("</uuid>")) {
+        out.replace_range(a..b + "</uuid>".len(), "");
+    }
+    if let (Some(a), Some(b)) = (
+        out.find("<qemu:commandline>"),
+        out.find("</qemu:commandline>"),
+    ) {
+        out.replace_range(a..b + "</qemu:commandline>".len(), "");
+    }
+    Ok(out)
+}
