@@ -233,8 +233,8 @@ fn seed(work: &Path, name: &str) -> Result<PathBuf> {
         uuid: "00000000-0000-4000-8000-000000000000",
         ..Default::default()
     })?;
-    let path = work.join(format!("{name}-seed.iso"));
-    virtlet_cloudinit::seed::write_iso(&data, &path)?;
+    let path = work.join(format!("{name}-seed.img"));
+    virtlet_cloudinit::seed::write_seed(&data, &path)?;
     Ok(path)
 }
 
@@ -352,7 +352,7 @@ async fn main() -> Result<()> {
                 // The same domain, defined by hand: its own disks and console, no netns.
                 let xml = virsh(&["dumpxml", "--inactive", &domain])?;
                 let root = overlay(&cli.work, &name, &blob_of(&xml)?)?;
-                let seed_copy = cli.work.join(format!("{name}-seed.iso"));
+                let seed_copy = cli.work.join(format!("{name}-seed.img"));
                 std::fs::copy(seed_path_of(&xml)?, &seed_copy)?;
                 let xml = rewrite_for_baseline(
                     &xml,

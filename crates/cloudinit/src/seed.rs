@@ -1,60 +1,97 @@
-//! Writes the seed disk: an ISO9660 image (with Joliet and Rock Ridge) made by Debian's
-//! `xorriso`, the standard tool for this, from the files laid out in a temporary directory.
+//! Writes the seed disk: a FAT image made with Debian's dosfstools and mtools (`mkfs.vfat -C`,
+//! `mmd`, `mcopy`), which build it as a file without mounting anything. FAT rather than
+//! ISO9660: both are valid seeds for cloud-init and the reference, and this takes about 30 ms
+//! where `xorriso` took about 130 ms of every pod start (measured, see bench/README.md).
+//! FAT labels are upper case: `CIDATA` and `CONFIG-2`, which cloud-init looks for as well.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::generate::{CloudInitData, CloudInitError, seed_files};
 
-/// Writes `data` as an ISO9660 seed at `out` (replaced if present).
-pub fn write_iso(data: &CloudInitData, out: &Path) -> Result<(), CloudInitError> {
+fn run(cmd: &mut Command, err: &dyn Fn(String) -> CloudInitError) -> Result<(), CloudInitError> {
+    let output = cmd.output().map_err(|e| {
+        err(format!(
+            "cannot run {cmd:?} (Debian packages dosfstools, mtools): {e}"
+        ))
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Writes `data` as a FAT seed image at `out` (replaced if present).
+pub fn write_seed(data: &CloudInitData, out: &Path) -> Result<(), CloudInitError> {
     let err = |reason: String| CloudInitError::Seed {
         path: out.display().to_string(),
         reason,
     };
-    let parent = out
-        .parent()
-        .ok_or_else(|| err("no parent directory".into()))?;
-    std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-    let staging = parent.join(format!(
-        ".{}.d",
-        out.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = std::fs::remove_dir_all(&staging);
+    let files = seed_files(data);
+    let content: usize = files.iter().map(|(_, c)| c.len()).sum();
+    // Room for the content, FAT overhead and rounding to clusters.
+    let size_kib = (content / 1024 * 5 / 4 + 1024).max(1024);
+    let _ = std::fs::remove_file(out);
     let result = (|| {
-        for (rel, content) in seed_files(data) {
-            let path = staging.join(&rel);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let label = data.kind.label().to_ascii_uppercase();
+        run(
+            Command::new("mkfs.vfat")
+                .args(["-C", "-n", &label])
+                .arg(out)
+                .arg(size_kib.to_string()),
+            &err,
+        )?;
+        let mut dirs: Vec<String> = Vec::new();
+        for (rel, _) in &files {
+            let mut prefix = String::new();
+            for part in rel
+                .split('/')
+                .rev()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                prefix = format!("{prefix}/{part}");
+                if !dirs.contains(&prefix) {
+                    dirs.push(prefix.clone());
+                }
             }
-            std::fs::write(&path, content).map_err(|e| err(e.to_string()))?;
         }
-        let _ = std::fs::remove_file(out);
-        let output = Command::new("xorriso")
-            .args([
-                "-as",
-                "mkisofs",
-                "-quiet",
-                "-J",
-                "-r",
-                "-V",
-                data.kind.label(),
-                "-o",
-            ])
-            .arg(out)
-            .arg(&staging)
-            .output()
-            .map_err(|e| err(format!("cannot run xorriso (Debian package xorriso): {e}")))?;
-        if !output.status.success() {
-            return Err(err(String::from_utf8_lossy(&output.stderr)
-                .trim()
-                .to_owned()));
+        for dir in &dirs {
+            run(
+                Command::new("mmd")
+                    .arg("-i")
+                    .arg(out)
+                    .arg(format!("::{dir}")),
+                &err,
+            )?;
         }
-        Ok(())
+        let staging = out.with_extension("d");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| err(e.to_string()))?;
+        let copied = (|| {
+            for (i, (rel, bytes)) in files.iter().enumerate() {
+                let src = staging.join(i.to_string());
+                std::fs::write(&src, bytes).map_err(|e| err(e.to_string()))?;
+                run(
+                    Command::new("mcopy")
+                        .arg("-i")
+                        .arg(out)
+                        .arg(&src)
+                        .arg(format!("::/{rel}")),
+                    &err,
+                )?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&staging);
+        copied
     })();
-    let _ = std::fs::remove_dir_all(&staging);
     if result.is_err() {
         let _ = std::fs::remove_file(out);
     }

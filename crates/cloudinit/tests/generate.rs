@@ -204,41 +204,43 @@ fn environment_values_are_quoted_for_a_shell() {
 }
 
 #[test]
-fn iso_seeds_carry_the_label_and_files() {
+fn seeds_carry_the_label_and_files() {
     let dir = tempfile::tempdir().unwrap();
     for (kind, label, file) in [
-        (SeedKind::NoCloud, "cidata", "/meta-data"),
+        (SeedKind::NoCloud, "CIDATA", "::/meta-data"),
         (
             SeedKind::ConfigDrive,
-            "config-2",
-            "/openstack/latest/meta_data.json",
+            "CONFIG-2",
+            "::/openstack/latest/meta_data.json",
         ),
     ] {
         let data = generate(&input(&[], kind)).unwrap();
-        let iso = dir.path().join(format!("{label}.iso"));
-        virtlet_cloudinit::seed::write_iso(&data, &iso).unwrap();
-        let out = std::process::Command::new("xorriso")
-            .args(["-indev"])
-            .arg(&iso)
-            .args(["-pvd_info", "-find", "/", "-type", "f"])
+        let img = dir.path().join(format!("{label}.img"));
+        virtlet_cloudinit::seed::write_seed(&data, &img).unwrap();
+        let out = std::process::Command::new("mlabel")
+            .args(["-s", "-i"])
+            .arg(&img)
+            .arg("::")
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(text.contains(&format!("Volume Id    : {label}")), "{text}");
-        assert!(text.contains(file), "{text}");
-        assert_eq!(
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| e
-                    .as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with('.'))
-                .count(),
-            0,
-            "no staging dir left"
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(label), "label {text}");
+        let out = std::process::Command::new("mtype")
+            .arg("-i")
+            .arg(&img)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file} missing: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("instance-id"));
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
+        assert_eq!(leftovers, 0, "no staging dir left");
     }
 }

@@ -596,7 +596,7 @@ impl Manager {
                     self.config
                         .vm_dir
                         .join(sandbox_id)
-                        .join(format!("{}.iso", &id[..20])),
+                        .join(format!("{}.seed.img", &id[..20])),
                 ),
                 log_path,
                 created_at_ns: now_ns(),
@@ -722,7 +722,7 @@ impl Manager {
                         if let Some(dir) = seed.parent() {
                             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
                         }
-                        virtlet_cloudinit::seed::write_iso(&data, &seed).map_err(|e| e.to_string())
+                        virtlet_cloudinit::seed::write_seed(&data, &seed).map_err(|e| e.to_string())
                     }
                 })
                 .await?;
