@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod error;
 pub mod naming;
+pub mod netinfo;
 pub mod quantity;
 pub mod state;
 pub mod vmspec;

@@ -65,6 +65,9 @@ pub struct VmSpec {
     pub console_socket: Option<PathBuf>,
     /// The network namespace QEMU enters (through `vmwrapper`).
     pub netns: Option<PathBuf>,
+    /// The VM's NICs, in order: taps inside `netns`.
+    #[serde(default)]
+    pub nics: Vec<Nic>,
     pub sandbox_id: String,
     pub container_id: String,
 }
@@ -80,6 +83,16 @@ pub struct NodeChoices {
     pub root_format: DiskFormat,
     pub console_socket: Option<PathBuf>,
     pub netns: Option<PathBuf>,
+    pub nics: Vec<Nic>,
+}
+
+/// One NIC of a VM: a tap QEMU opens inside the pod netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub tap: String,
+    /// `aa:bb:cc:dd:ee:ff`
+    pub mac: String,
+    pub mtu: u16,
 }
 
 /// The pod and container facts a VM is built from.
@@ -131,6 +144,7 @@ pub fn build(pod: &PodFacts<'_>, annotations: &VmAnnotations, node: &NodeChoices
         }],
         console_socket: node.console_socket.clone(),
         netns: node.netns.clone(),
+        nics: node.nics.clone(),
         sandbox_id: pod.sandbox_id.to_owned(),
         container_id: pod.container_id.to_owned(),
     }
@@ -156,6 +170,7 @@ mod tests {
             root_format: DiskFormat::Qcow2,
             console_socket: Some("/var/lib/virtlet/vms/s/c/console.sock".into()),
             netns: Some("/var/run/netns/uid".into()),
+            nics: vec![],
         }
     }
 

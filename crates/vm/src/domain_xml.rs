@@ -112,6 +112,11 @@ fn write_domain(w: &mut W, spec: &VmSpec) -> io::Result<()> {
         if let Some(netns) = &spec.netns {
             w.create_element("qemu:commandline")
                 .write_inner_content(|w| {
+                    for arg in nic_args(&spec.nics) {
+                        w.create_element("qemu:arg")
+                            .with_attribute(("value", arg.as_str()))
+                            .write_empty()?;
+                    }
                     w.create_element("qemu:env")
                         .with_attributes([
                             ("name", NETNS_ENV),
@@ -292,4 +297,30 @@ fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
             Ok(())
         })?;
     Ok(())
+}
+
+/// The PCI slot of the first NIC; the next ones count down. libvirt does not know these
+/// devices and hands out slots from 2 upwards, so the NICs take them from the top.
+const NIC_TOP_SLOT: usize = 0x1f;
+
+/// QEMU arguments for the VM's NICs. libvirt cannot open a tap inside another netns, so the
+/// NICs are handed to QEMU directly: `vmwrapper` has entered the pod netns before QEMU runs,
+/// and QEMU opens each persistent tap there by name. No option ROM: SeaBIOS boots the disk.
+pub fn nic_args(nics: &[virtlet_core::vmspec::Nic]) -> Vec<String> {
+    let mut out = Vec::with_capacity(nics.len() * 4);
+    for (k, nic) in nics.iter().enumerate().take(NIC_TOP_SLOT - 0x10) {
+        out.push("-netdev".to_owned());
+        out.push(format!(
+            "tap,id=vnet{k},ifname={},script=no,downscript=no",
+            nic.tap
+        ));
+        out.push("-device".to_owned());
+        out.push(format!(
+            "virtio-net-pci,netdev=vnet{k},id=net{k},mac={},host_mtu={},romfile=,bus=pci.0,addr={:#x}",
+            nic.mac,
+            nic.mtu,
+            NIC_TOP_SLOT - k
+        ));
+    }
+    out
 }

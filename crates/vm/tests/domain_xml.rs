@@ -38,6 +38,7 @@ fn spec(
         root_format: DiskFormat::Qcow2,
         console_socket: Some("/var/lib/virtlet/vms/5b1c0e4d/c0ffee00/console.sock".into()),
         netns: Some("/var/run/netns/0c9d8f7a-3f5e-4d7b-9a3c-2b1e4e5b4f1a".into()),
+        nics: vec![],
     };
     tweak(&mut facts, &mut node);
     vmspec::build(&facts, &VmAnnotations::parse(&ann).unwrap(), &node)
@@ -46,6 +47,23 @@ fn spec(
 fn cases() -> Vec<(&'static str, VmSpec)> {
     vec![
         ("default", spec(&[], |_, _| {})),
+        (
+            "two-nics",
+            spec(&[], |_, n| {
+                n.nics = vec![
+                    vmspec::Nic {
+                        tap: "vtap0".into(),
+                        mac: "aa:bb:cc:00:00:05".into(),
+                        mtu: 1450,
+                    },
+                    vmspec::Nic {
+                        tap: "vtap1".into(),
+                        mac: "aa:bb:cc:00:01:05".into(),
+                        mtu: 1500,
+                    },
+                ];
+            }),
+        ),
         (
             "virtio-kvm-resources",
             spec(
