@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod generate;
 pub mod merge;
+pub mod network;
 pub mod seed;
 
 pub use annotations::{CloudInitAnnotations, Encoding, SourceKind, SourceRef};
