@@ -75,13 +75,28 @@ fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> api::Runti
     }
 }
 
+/// The pod IP (the first IPv4 address the VM gets) and the others.
+fn network_status(s: &SandboxRecord) -> api::PodSandboxNetworkStatus {
+    let Some(pod) = s.pod_network() else {
+        return api::PodSandboxNetworkStatus::default();
+    };
+    api::PodSandboxNetworkStatus {
+        ip: pod.pod_ip().map(|ip| ip.to_string()).unwrap_or_default(),
+        additional_ips: pod
+            .additional_ips()
+            .into_iter()
+            .map(|ip| api::PodIp { ip: ip.to_string() })
+            .collect(),
+    }
+}
+
 fn sandbox_status(s: &SandboxRecord) -> api::PodSandboxStatus {
     api::PodSandboxStatus {
         id: s.id.clone(),
         metadata: s.config.metadata.clone(),
         state: sandbox_cri_state(s.state),
         created_at: s.created_at_ns,
-        network: Some(api::PodSandboxNetworkStatus::default()),
+        network: Some(network_status(s)),
         linux: Some(api::LinuxPodSandboxStatus {
             namespaces: Some(api::Namespace {
                 options: Some(api::NamespaceOption {
@@ -256,16 +271,17 @@ impl RuntimeService for RuntimeServer {
             status: Some(api::RuntimeStatus {
                 conditions: vec![
                     condition("RuntimeReady", true, "", ""),
-                    condition(
-                        "NetworkReady",
-                        false,
-                        "NetworkNotImplemented",
-                        "pod networking (CNI) is not implemented by this virtlet version: pods get a network namespace with loopback only",
-                    ),
+                    match self.manager.network_ready() {
+                        Ok(()) => condition("NetworkReady", true, "", ""),
+                        Err(why) => condition("NetworkReady", false, "NetworkPluginNotReady", &why),
+                    },
                 ],
             }),
             info: if request.into_inner().verbose {
-                json_info(serde_json::json!({ "accelerator": self.accel }))
+                json_info(serde_json::json!({
+                    "accelerator": self.accel,
+                    "dhcpResponders": self.manager.dhcp_responders(),
+                }))
             } else {
                 HashMap::new()
             },

@@ -9,6 +9,7 @@
 mod error;
 mod filters;
 pub mod netns;
+pub mod network;
 mod records;
 mod volumes;
 
@@ -59,6 +60,7 @@ pub struct ManagerConfig {
     pub cpu_model: Option<CpuModel>,
     /// The kubelet's pods directory: mounted Secrets/ConfigMaps must lie inside it.
     pub kubelet_root_dir: PathBuf,
+    pub cni: network::CniSettings,
 }
 
 pub struct Manager {
@@ -70,6 +72,7 @@ pub struct Manager {
     containers: RwLock<BTreeMap<String, ContainerRecord>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleLog>>>,
+    net: network::Networking,
 }
 
 pub fn now_ns() -> i64 {
@@ -118,7 +121,9 @@ impl Manager {
         }
         let sandboxes: Vec<SandboxRecord> = store.records(RecordTable::Sandboxes)?;
         let containers: Vec<ContainerRecord> = store.records(RecordTable::Containers)?;
+        let net = network::Networking::new(config.cni.clone());
         let m = Arc::new(Manager {
+            net,
             config,
             store,
             images,
@@ -311,6 +316,10 @@ impl Manager {
             return Ok(existing.id.clone());
         }
 
+        network::port_mappings(&config)?;
+        network::dns_info(&config)?;
+        let cni_config = self.net.current_config()?;
+
         let id = naming::new_id();
         let span = info_span!("sandbox", id = %&id[..13], pod = %format!("{}/{}", meta.namespace, meta.name));
         async {
@@ -323,6 +332,13 @@ impl Manager {
                 created_at_ns: now_ns(),
                 netns: netns.clone(),
                 root_disk: None,
+                network: Some(network::NetRecord {
+                    cni_config: cni_config.raw.clone(),
+                    cni_result: None,
+                    pod: None,
+                    released: false,
+                    del_failures: 0,
+                }),
             };
             self.save_sandbox(&rec)?;
             let made = blocking({
@@ -340,13 +356,47 @@ impl Manager {
                     netns.display()
                 )));
             }
-            rec.state = rec.state.transition(SandboxState::Ready)?;
-            if let Err(e) = self.save_sandbox(&rec) {
+            let undo = |m: &Manager| {
                 let _ = netns::remove(&netns);
-                let _ = self.drop_sandbox(&id);
+                let _ = m.drop_sandbox(&id);
+            };
+            let save_result = |result: &serde_json::Value| {
+                let mut r = rec.clone();
+                if let Some(n) = r.network.as_mut() {
+                    n.cni_result = Some(result.clone());
+                }
+                self.save_sandbox(&r)
+            };
+            let (result, pod) = match self.net.setup(&rec, &cni_config, save_result).await {
+                Ok(v) => v,
+                Err(e) => {
+                    undo(self);
+                    return Err(e);
+                }
+            };
+            if let Some(n) = rec.network.as_mut() {
+                n.cni_result = Some(result);
+                n.pod = Some(pod.clone());
+            }
+            network::log_pod_network(&pod);
+            if let Err(e) = self.net.start_responders(&rec, &pod).await {
+                self.net.stop_responders(&id).await;
+                if let Some(stored) = rec.network.clone() {
+                    let _ = self.net.release_stored(&rec, &stored).await;
+                }
+                undo(self);
                 return Err(e);
             }
-            info!(netns = %netns.display(), "pod sandbox ready");
+            rec.state = rec.state.transition(SandboxState::Ready)?;
+            if let Err(e) = self.save_sandbox(&rec) {
+                self.net.stop_responders(&id).await;
+                if let Some(stored) = rec.network.clone() {
+                    let _ = self.net.release_stored(&rec, &stored).await;
+                }
+                undo(self);
+                return Err(e);
+            }
+            info!(netns = %netns.display(), ip = ?pod.pod_ip(), "pod sandbox ready");
             Ok(id.clone())
         }
         .instrument(span)
@@ -365,8 +415,10 @@ impl Manager {
         }
     }
 
-    /// Stops the pod: its VM is forced off; the sandbox becomes NOTREADY. Unknown or already
-    /// stopped sandboxes succeed.
+    /// Stops the pod: its VM is forced off, its DHCP responders stop, CNI DEL releases its
+    /// address; the sandbox becomes NOTREADY. Unknown or already stopped sandboxes succeed.
+    /// When DEL fails the call fails (the kubelet retries it); RemovePodSandbox tries once
+    /// more and then removes the pod anyway.
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let pod_lock = self.pod_lock(id);
         let _held = pod_lock.lock().await;
@@ -381,10 +433,48 @@ impl Manager {
                 self.stop_locked(&c.id, 0).await?;
             }
         }
-        rec.state = rec.state.transition(SandboxState::NotReady)?;
-        self.save_sandbox(&rec)?;
-        info!(sandbox = %&id[..13.min(id.len())], "pod sandbox stopped");
-        Ok(())
+        self.net.stop_responders(id).await;
+        if rec.state == SandboxState::Ready {
+            rec.state = rec.state.transition(SandboxState::NotReady)?;
+            self.save_sandbox(&rec)?;
+            info!(sandbox = %&id[..13.min(id.len())], "pod sandbox stopped");
+        }
+        self.release_network(&mut rec).await
+    }
+
+    /// CNI DEL unless done already; a failure is counted and returned.
+    async fn release_network(&self, rec: &mut SandboxRecord) -> Result<()> {
+        let Some(stored) = rec.network.clone() else {
+            return Ok(());
+        };
+        if stored.released {
+            return Ok(());
+        }
+        match self.net.release_stored(rec, &stored).await {
+            Ok(()) => {
+                if let Some(n) = rec.network.as_mut() {
+                    n.released = true;
+                }
+                self.save_sandbox(rec)?;
+                info!(sandbox = %&rec.id[..13.min(rec.id.len())], "pod network released (CNI DEL)");
+                Ok(())
+            }
+            Err(e) => {
+                let failures = stored.del_failures + 1;
+                if let Some(n) = rec.network.as_mut() {
+                    n.del_failures = failures;
+                }
+                self.save_sandbox(rec)?;
+                warn!(sandbox = %&rec.id[..13.min(rec.id.len())], error = %e, failures,
+                      "CNI DEL failed; it is retried at the next stop and at removal");
+                Err(ManagerError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "releasing the pod network failed (attempt {failures}); retry StopPodSandbox: {e}"
+                    ),
+                ))
+            }
+        }
     }
 
     /// Removes the pod: its containers, root disk, network namespace and record. Unknown
@@ -400,9 +490,16 @@ impl Manager {
         self.finish_sandbox_removal(rec).await
     }
 
-    async fn finish_sandbox_removal(&self, rec: SandboxRecord) -> Result<()> {
+    async fn finish_sandbox_removal(&self, mut rec: SandboxRecord) -> Result<()> {
         for c in self.containers_of(&rec.id) {
             self.remove_locked(c).await?;
+        }
+        self.net.stop_responders(&rec.id).await;
+        if let Err(e) = self.release_network(&mut rec).await {
+            // Removal is never blocked by a plugin: the netns goes, and with it the pod's
+            // links; what the plugin keeps outside (an IPAM address, rules) is named here.
+            warn!(sandbox = %&rec.id[..13.min(rec.id.len())], error = %e,
+                  "removing the pod although CNI DEL failed; the plugin may keep its address or rules");
         }
         if let Some(root) = &rec.root_disk {
             self.drop_root_disk(&rec.id, root)?;
@@ -453,6 +550,16 @@ impl Manager {
             .filter(|c| c.sandbox_id == sandbox_id)
             .cloned()
             .collect()
+    }
+
+    /// `Ok` when new pods can be networked; the error says why not (for NetworkReady).
+    pub fn network_ready(&self) -> std::result::Result<(), String> {
+        self.net.ready()
+    }
+
+    /// Live DHCP responders, over all pods.
+    pub fn dhcp_responders(&self) -> usize {
+        self.net.responder_count()
     }
 
     // ----- containers -----
@@ -534,6 +641,10 @@ impl Manager {
         let mut command = config.command.clone();
         command.extend(config.args.iter().cloned());
         let uuid = naming::domain_uuid(&pod_meta.uid, annotations.system_uuid.as_deref());
+        let seed_kind = match annotations.cloud_init_image_type {
+            CloudInitImageType::NoCloud => SeedKind::NoCloud,
+            CloudInitImageType::ConfigDrive => SeedKind::ConfigDrive,
+        };
         let seed_data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {
             pod_name: &pod_meta.name,
             namespace: &pod_meta.namespace,
@@ -546,10 +657,11 @@ impl Manager {
                 .map(|kv| (kv.key.clone(), kv.value.clone()))
                 .collect(),
             command,
-            kind: match annotations.cloud_init_image_type {
-                CloudInitImageType::NoCloud => SeedKind::NoCloud,
-                CloudInitImageType::ConfigDrive => SeedKind::ConfigDrive,
-            },
+            kind: seed_kind,
+            network_config: sandbox
+                .pod_network()
+                .filter(|_| !annotations.force_dhcp_network_config)
+                .and_then(|n| virtlet_cloudinit::network::network_config(seed_kind, n)),
             ..Default::default()
         })
         .map_err(|e| match e {
@@ -708,6 +820,19 @@ impl Manager {
                 root_format: DiskFormat::Qcow2,
                 console_socket,
                 netns: Some(sandbox.netns.clone()),
+                nics: sandbox
+                    .pod_network()
+                    .map(|n| {
+                        n.nics
+                            .iter()
+                            .map(|nic| vmspec::Nic {
+                                tap: nic.tap.clone(),
+                                mac: nic.mac.clone(),
+                                mtu: nic.mtu,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             };
             let mut spec = vmspec::build(&facts, &annotations, &node);
             rec.root_target = spec.disks[0].target.clone();
@@ -1177,6 +1302,18 @@ impl Manager {
                 SandboxState::Creating | SandboxState::Removing => {
                     info!(sandbox = %s.id, state = ?s.state, "recovery: finishing an interrupted sandbox create/remove");
                     self.finish_sandbox_removal(s).await?;
+                }
+                SandboxState::Ready => {
+                    // The VM keeps its address: its bridge's responder comes back.
+                    if let Some(pod) = s.pod_network().cloned() {
+                        if s.netns.exists() {
+                            if let Err(e) = self.net.start_responders(&s, &pod).await {
+                                warn!(sandbox = %s.id, error = %e, "recovery: cannot restart the DHCP responders");
+                            }
+                        } else {
+                            warn!(sandbox = %s.id, netns = %s.netns.display(), "recovery: the pod netns is gone; the pod has no network until it is recreated");
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -24,6 +24,16 @@ pub struct SandboxRecord {
     pub created_at_ns: i64,
     pub netns: PathBuf,
     pub root_disk: Option<RootDisk>,
+    /// CNI's part: `None` only for records written before pod networking.
+    #[serde(default)]
+    pub network: Option<crate::network::NetRecord>,
+}
+
+impl SandboxRecord {
+    /// What the VM gets from the pod network, once it is set up.
+    pub fn pod_network(&self) -> Option<&virtlet_core::netinfo::PodNetwork> {
+        self.network.as_ref().and_then(|n| n.pod.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

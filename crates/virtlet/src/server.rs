@@ -147,6 +147,11 @@ pub async fn run(config: Config) -> Result<()> {
             domain_type,
             cpu_model: (config.cpu_model == "host-model").then_some(CpuModel::HostModel),
             kubelet_root_dir: config.kubelet_root_dir.clone(),
+            cni: virtlet_manager::network::CniSettings {
+                conf_dir: config.cni_conf_dir.clone(),
+                bin_dirs: config.cni_bin_dirs.clone(),
+                plugin_timeout: std::time::Duration::from_secs(60),
+            },
         },
         store.clone(),
         images.clone(),

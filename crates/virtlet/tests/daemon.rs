@@ -37,9 +37,9 @@ async fn serves_version_status_health_on_a_private_socket() {
     let conds = st.status.unwrap().conditions;
     let runtime_ready = conds.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
     assert!(runtime_ready.status);
+    // The harness gives the daemon a usable (loopback) CNI config; network.rs covers the rest.
     let net = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
-    assert!(!net.status);
-    assert!(!net.reason.is_empty() && !net.message.is_empty());
+    assert!(net.status, "{net:?}");
 
     let rc = rt
         .runtime_config(RuntimeConfigRequest {})

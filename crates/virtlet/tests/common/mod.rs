@@ -16,6 +16,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
+pub mod cni;
+pub mod vm;
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -25,6 +28,8 @@ pub struct Daemon {
     pub db: PathBuf,
     pub log: PathBuf,
     pub libvirt_uri: String,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: String,
     protocol: String,
     extra_env: Vec<(String, String)>,
 }
@@ -35,7 +40,18 @@ pub struct Options {
     pub extra_env: Vec<(String, String)>,
     /// `test:///default` unless a test boots real VMs.
     pub libvirt_uri: &'static str,
+    /// The CNI config list the daemon finds in its config dir (`None`: an empty dir).
+    pub cni_conflist: Option<String>,
+    /// `--cni-bin-dir`.
+    pub cni_bin_dir: String,
 }
+
+/// Debian's CNI plugins (package containernetworking-plugins).
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// A network of loopback only: pods get a netns and no NIC.
+pub const LOOPBACK_CONFLIST: &str =
+    r#"{"cniVersion":"1.0.0","name":"lo-only","plugins":[{"type":"loopback"}]}"#;
 
 impl Default for Options {
     fn default() -> Self {
@@ -44,6 +60,8 @@ impl Default for Options {
             protocol: "http",
             extra_env: Vec::new(),
             libvirt_uri: "test:///default",
+            cni_conflist: Some(LOOPBACK_CONFLIST.to_owned()),
+            cni_bin_dir: CNI_BIN_DIR.to_owned(),
         }
     }
 }
@@ -65,7 +83,14 @@ impl Daemon {
         std::fs::create_dir_all(&translations_dir).unwrap();
         let db = dir.path().join("virtlet.db");
         let log = dir.path().join("virtlet.log");
+        let cni_conf_dir = dir.path().join("cni");
+        std::fs::create_dir_all(&cni_conf_dir).unwrap();
+        if let Some(list) = &opts.cni_conflist {
+            std::fs::write(cni_conf_dir.join("10-test.conflist"), list).unwrap();
+        }
         let mut d = Daemon {
+            cni_conf_dir,
+            cni_bin_dir: opts.cni_bin_dir.clone(),
             child: None,
             dir,
             socket,
@@ -101,6 +126,9 @@ impl Daemon {
             .arg(self.dir.path().join("netns"))
             .arg("--kubelet-root-dir")
             .arg(self.dir.path().join("kubelet"))
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf_dir)
+            .args(["--cni-bin-dir", &self.cni_bin_dir])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         if self.libvirt_uri.starts_with("test:") {
