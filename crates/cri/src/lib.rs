@@ -5,6 +5,7 @@
 mod image;
 mod runtime;
 mod status;
+pub mod stream;
 
 pub use image::ImageServer;
 pub use runtime::RuntimeServer;

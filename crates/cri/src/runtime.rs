@@ -21,6 +21,8 @@ use crate::{RUNTIME_API_VERSION, RUNTIME_NAME};
 pub struct RuntimeServer {
     version: String,
     manager: Arc<Manager>,
+    /// Hands out attach and port-forward URLs.
+    streams: Option<Arc<virtlet_stream::StreamServer>>,
     /// How VMs run here (`KVM` or `TCG ...`), for Status's verbose info.
     accel: String,
 }
@@ -34,8 +36,21 @@ impl RuntimeServer {
         RuntimeServer {
             version: version.into(),
             manager,
+            streams: None,
             accel: accel.into(),
         }
+    }
+
+    /// Serves Attach and PortForward through `streams`.
+    pub fn with_streaming(mut self, streams: Arc<virtlet_stream::StreamServer>) -> RuntimeServer {
+        self.streams = Some(streams);
+        self
+    }
+
+    fn streams(&self) -> Result<&virtlet_stream::StreamServer, Status> {
+        self.streams
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("the streaming server is not running"))
     }
 }
 
@@ -600,11 +615,73 @@ impl RuntimeService for RuntimeServer {
         ))
     }
 
+    #[tracing::instrument(name = "Attach", skip_all, fields(id = %short(&request.get_ref().container_id)))]
+    async fn attach(
+        &self,
+        request: Request<api::AttachRequest>,
+    ) -> Result<Response<api::AttachResponse>, Status> {
+        let r = request.into_inner();
+        if r.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id is empty"));
+        }
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err(Status::invalid_argument(
+                "attach needs at least one of stdin, stdout and stderr",
+            ));
+        }
+        self.manager
+            .console(&r.container_id)
+            .map_err(|e| manager_error_status(&e))?;
+        let url = self.streams()?.url(virtlet_stream::Request::Attach {
+            container_id: r.container_id,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr && !r.tty,
+            tty: r.tty,
+        });
+        Ok(Response::new(api::AttachResponse { url }))
+    }
+
+    #[tracing::instrument(name = "PortForward", skip_all, fields(id = %short(&request.get_ref().pod_sandbox_id)))]
+    async fn port_forward(
+        &self,
+        request: Request<api::PortForwardRequest>,
+    ) -> Result<Response<api::PortForwardResponse>, Status> {
+        let r = request.into_inner();
+        if r.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument("pod_sandbox_id is empty"));
+        }
+        let mut ports = Vec::new();
+        for (i, p) in r.port.iter().enumerate() {
+            match u16::try_from(*p) {
+                Ok(p) if p > 0 => ports.push(p),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "port[{i}] {p} is not a port (1-65535)"
+                    )));
+                }
+            }
+        }
+        let sandbox = self
+            .manager
+            .sandbox(&r.pod_sandbox_id)
+            .map_err(|e| manager_error_status(&e))?;
+        if sandbox.state != virtlet_core::SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {:?} is not ready",
+                r.pod_sandbox_id
+            )));
+        }
+        let url = self.streams()?.url(virtlet_stream::Request::PortForward {
+            sandbox_id: r.pod_sandbox_id,
+            ports,
+        });
+        Ok(Response::new(api::PortForwardResponse { url }))
+    }
+
     unimplemented_calls! {
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", "exec into a VM needs the QEMU guest agent, which a later version will use";
-        exec(ExecRequest) -> ExecResponse = "Exec", "exec into a VM needs the QEMU guest agent, which a later version will use";
-        attach(AttachRequest) -> AttachResponse = "Attach", "the streaming server (serial console attach) comes in a later version";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward", "the streaming server comes in a later version";
+        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
+        exec(ExecRequest) -> ExecResponse = "Exec", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer", "VM checkpoints are not supported";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors", "use the CRI stats calls";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics", "use the CRI stats calls";

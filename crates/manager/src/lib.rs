@@ -71,7 +71,7 @@ pub struct Manager {
     sandboxes: RwLock<BTreeMap<String, SandboxRecord>>,
     containers: RwLock<BTreeMap<String, ContainerRecord>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    consoles: Mutex<HashMap<String, Arc<ConsoleLog>>>,
+    consoles: Mutex<HashMap<String, Arc<console::ConsoleHub>>>,
     net: network::Networking,
 }
 
@@ -552,6 +552,55 @@ impl Manager {
             .collect()
     }
 
+    /// The serial console of a running VM, for `kubectl attach`.
+    pub fn console(&self, container_id: &str) -> Result<Arc<console::ConsoleHub>> {
+        let rec = self.container(container_id)?;
+        if rec.state != ContainerState::Running {
+            return Err(ManagerError::precondition(format!(
+                "container {container_id:?} is {:?}; only a running VM's console can be attached",
+                rec.state
+            )));
+        }
+        lock(&self.consoles)
+            .get(container_id)
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::precondition(format!(
+                    "container {container_id:?} has no serial console (its driver runs no QEMU)"
+                ))
+            })
+    }
+
+    /// A TCP connection to `port` of the pod's VM, made from inside the pod's netns (for
+    /// `kubectl port-forward`).
+    pub async fn dial_pod(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let rec = self.sandbox(sandbox_id)?;
+        if rec.state != SandboxState::Ready {
+            return Err(ManagerError::precondition(format!(
+                "pod sandbox {sandbox_id:?} is not ready"
+            )));
+        }
+        let ip = rec.pod_network().and_then(|n| n.pod_ip()).ok_or_else(|| {
+            ManagerError::precondition(format!("pod sandbox {sandbox_id:?} has no IPv4 address"))
+        })?;
+        let netns = rec.netns.clone();
+        let socket = blocking(move || virtlet_net::podside::tcp_socket_in(&netns))
+            .await?
+            .map_err(|e| ManagerError::internal(e.to_string()))?;
+        let addr = std::net::SocketAddr::from((ip, port));
+        match tokio::time::timeout(Duration::from_secs(10), socket.connect(addr)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ManagerError::new(
+                ErrorKind::Unavailable,
+                format!("cannot connect to {addr} in the pod: {e}"),
+            )),
+            Err(_) => Err(ManagerError::new(
+                ErrorKind::DeadlineExceeded,
+                format!("connecting to {addr} in the pod timed out after 10 s"),
+            )),
+        }
+    }
+
     /// `Ok` when new pods can be networked; the error says why not (for NetworkReady).
     pub fn network_ready(&self) -> std::result::Result<(), String> {
         self.net.ready()
@@ -970,8 +1019,8 @@ impl Manager {
         };
         match console::connect(socket, CONSOLE_PATIENCE).await {
             Ok(stream) => {
-                lock(&self.consoles).insert(rec.id.clone(), log.clone());
-                tokio::spawn(console::pump(stream, log));
+                let hub = console::ConsoleHub::start(stream, log);
+                lock(&self.consoles).insert(rec.id.clone(), hub);
             }
             Err(e) => warn!(socket = %socket.display(), "cannot connect to the VM console: {e}"),
         }
@@ -1117,7 +1166,7 @@ impl Manager {
                 rec.state
             )));
         }
-        let log = lock(&self.consoles).get(id).cloned();
+        let log = lock(&self.consoles).get(id).map(|h| h.log().clone());
         match log {
             Some(log) => log
                 .reopen()

@@ -294,7 +294,7 @@ pub fn ebtables_rules(nic: &VmNic) -> Vec<Vec<String>> {
         vec!["FORWARD", "-o", eth, "-p", "IPv4", "--ip-dst", &sid],
         vec!["OUTPUT", "-o", eth, "-p", "IPv4", "--ip-src", &sid],
     ];
-    rules
+    let mut out: Vec<Vec<String>> = rules
         .into_iter()
         .map(|r| {
             let mut v = vec!["-A".to_owned()];
@@ -302,7 +302,32 @@ pub fn ebtables_rules(nic: &VmNic) -> Vec<Vec<String>> {
             v.extend(["-j".to_owned(), "DROP".to_owned()]);
             v
         })
-        .collect()
+        .collect();
+    // Whatever route the guest has to the responder's address (a static network-config has
+    // none: it goes to the gateway's MAC), frames for it are delivered to the bridge itself.
+    // That carries answers to connections made from the netns (port-forward).
+    out.push(
+        [
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &nic.tap,
+            "-p",
+            "IPv4",
+            "--ip-dst",
+            &sid,
+            "-j",
+            "redirect",
+            "--redirect-target",
+            "ACCEPT",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    );
+    out
 }
 
 /// A random locally administered unicast MAC.
@@ -335,6 +360,18 @@ pub fn in_netns<T: Send + 'static>(
     .join()
     .map_err(|_| setup_err("plumbing", "the netns thread panicked".to_owned()))?
     .map_err(|reason| setup_err("plumbing", reason))
+}
+
+/// A TCP socket created inside the netns (it stays there), for connecting to the VM.
+pub fn tcp_socket_in(netns: &Path) -> Result<tokio::net::TcpSocket, NetError> {
+    let std_socket = in_netns(netns, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        s.set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
+        Ok(std::net::TcpStream::from(s))
+    })?;
+    Ok(tokio::net::TcpSocket::from_std_stream(std_socket))
 }
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<Vec<u8>, String> {
@@ -525,7 +562,11 @@ mod tests {
              route add 10.88.0.5/32 dev vbr0\n"
         );
         let rules = ebtables_rules(&nics[0]);
-        assert_eq!(rules.len(), 9);
+        assert_eq!(rules.len(), 10);
+        assert_eq!(
+            rules[9].join(" "),
+            "-t nat -A PREROUTING -i vtap0 -p IPv4 --ip-dst 169.254.254.2 -j redirect --redirect-target ACCEPT"
+        );
         assert_eq!(
             rules[0].join(" "),
             "-A INPUT -i eth0 -p IPv4 --ip-proto udp --ip-dport 67:68 -j DROP"

@@ -91,7 +91,13 @@ pub const SETTINGS: &[Setting] = &[
         "stream-port",
         "VIRTLET_STREAM_PORT",
         "10010",
-        "port of the streaming server (attach, port-forward)",
+        "port of the streaming server (attach, port-forward); 0 picks a free one",
+    ),
+    s(
+        "stream-address",
+        "VIRTLET_STREAM_ADDRESS",
+        "127.0.0.1",
+        "address the streaming server listens on (the kubelet connects to it)",
     ),
     s(
         "kubelet-root-dir",
@@ -162,6 +168,7 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     pub cni_conf_dir: PathBuf,
     pub stream_port: u16,
+    pub stream_address: std::net::IpAddr,
     pub kubelet_root_dir: PathBuf,
     pub raw_devices: Vec<String>,
     pub cpu_model: String,
@@ -306,12 +313,23 @@ impl Config {
         }
         let port = get("VIRTLET_STREAM_PORT");
         let stream_port = match port.parse::<u16>() {
-            Ok(p) if p > 0 => p,
+            Ok(p) => p,
             _ => {
                 return Err(bad(
                     "VIRTLET_STREAM_PORT",
                     &port,
-                    "must be a port number 1-65535",
+                    "must be a port number 0-65535",
+                ));
+            }
+        };
+        let address = get("VIRTLET_STREAM_ADDRESS");
+        let stream_address: std::net::IpAddr = match address.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return Err(bad(
+                    "VIRTLET_STREAM_ADDRESS",
+                    &address,
+                    "must be an IP address",
                 ));
             }
         };
@@ -353,6 +371,7 @@ impl Config {
             cni_bin_dirs,
             cni_conf_dir: abs("VIRTLET_CNI_CONFIG_DIR")?,
             stream_port,
+            stream_address,
             kubelet_root_dir: abs("KUBELET_ROOT_DIR")?,
             raw_devices,
             cpu_model,

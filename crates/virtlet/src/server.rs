@@ -168,11 +168,22 @@ pub async fn run(config: Config) -> Result<()> {
         .set_serving::<ImageServiceServer<ImageServer>>()
         .await;
 
-    let runtime = RuntimeServiceServer::new(RuntimeServer::new(
-        env!("CARGO_PKG_VERSION"),
-        manager,
-        accel,
-    ))
+    let streams = virtlet_stream::StreamServer::bind(
+        std::net::SocketAddr::new(config.stream_address, config.stream_port),
+        Arc::new(virtlet_cri::stream::ManagerBackend(manager.clone())),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen for attach/port-forward on {}:{} (--stream-address, --stream-port)",
+            config.stream_address, config.stream_port
+        )
+    })?;
+    let runtime = RuntimeServiceServer::new(
+        RuntimeServer::new(env!("CARGO_PKG_VERSION"), manager, accel)
+            .with_streaming(Arc::new(streams)),
+    )
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(ImageServer::new(images))

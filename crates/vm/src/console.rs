@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 /// A line without its end is written as a partial (`P`) entry after this much silence, so a
@@ -124,8 +126,65 @@ pub async fn connect(socket: &Path, patience: Duration) -> std::io::Result<UnixS
     }
 }
 
-/// Copies the console into the log until the VM closes it.
-pub async fn pump(mut stream: UnixStream, log: Arc<ConsoleLog>) {
+/// A running VM's serial console: its output goes to the container log and to every attached
+/// client; attached clients' input goes to the VM. Attaching never affects the log.
+pub struct ConsoleHub {
+    log: Arc<ConsoleLog>,
+    /// Weak: the pump holds the only sender, so receivers end when the console does.
+    output: broadcast::WeakSender<Bytes>,
+    input: mpsc::Sender<Bytes>,
+}
+
+/// How many output chunks an attached client may fall behind before it skips some.
+const ATTACH_BACKLOG: usize = 1024;
+
+impl ConsoleHub {
+    /// Starts copying the console into the log (and to attached clients) until the VM closes it.
+    pub fn start(stream: UnixStream, log: Arc<ConsoleLog>) -> Arc<ConsoleHub> {
+        let (read, mut write) = stream.into_split();
+        let (output, _) = broadcast::channel(ATTACH_BACKLOG);
+        let (input, mut input_rx) = mpsc::channel::<Bytes>(64);
+        let hub = Arc::new(ConsoleHub {
+            log: log.clone(),
+            output: output.downgrade(),
+            input,
+        });
+        tokio::spawn(async move {
+            while let Some(data) = input_rx.recv().await {
+                if write.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(pump(read, log, output));
+        hub
+    }
+
+    pub fn log(&self) -> &Arc<ConsoleLog> {
+        &self.log
+    }
+
+    /// The console's output from now on; the stream ends when the VM closes its console.
+    pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
+        match self.output.upgrade() {
+            Some(sender) => sender.subscribe(),
+            // The console is closed: a receiver that ends at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Where typed input goes.
+    pub fn input(&self) -> mpsc::Sender<Bytes> {
+        self.input.clone()
+    }
+}
+
+/// Copies the console into the log, and to attached clients, until the VM closes it.
+async fn pump(
+    mut stream: tokio::net::unix::OwnedReadHalf,
+    log: Arc<ConsoleLog>,
+    output: broadcast::Sender<Bytes>,
+) {
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -137,6 +196,8 @@ pub async fn pump(mut stream: UnixStream, log: Arc<ConsoleLog>) {
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => {
+                // No receivers is fine: nobody is attached.
+                let _ = output.send(Bytes::copy_from_slice(&buf[..n]));
                 for (line, partial) in splitter.feed(&buf[..n]) {
                     log.write(partial, &line);
                 }
@@ -193,8 +254,9 @@ mod tests {
         let log = ConsoleLog::open(&dir.path().join("logs/vm.log")).unwrap();
         let stream = connect(&sock, Duration::from_secs(1)).await.unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let task = tokio::spawn(pump(stream, log.clone()));
-        use tokio::io::AsyncWriteExt;
+        let hub = ConsoleHub::start(stream, log.clone());
+        let mut attached = hub.subscribe();
+        let mut attached_out = Vec::new();
         server.write_all(b"line one\r\nline ").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         std::fs::rename(
@@ -204,9 +266,17 @@ mod tests {
         .unwrap();
         log.reopen().unwrap();
         server.write_all(b"two\n/ # ").await.unwrap();
+        // Input from an attached client reaches the VM.
+        hub.input().send(Bytes::from_static(b"ls\r")).await.unwrap();
+        let mut typed = [0u8; 3];
+        server.read_exact(&mut typed).await.unwrap();
+        assert_eq!(&typed, b"ls\r");
         tokio::time::sleep(PARTIAL_AFTER * 2).await;
         drop(server);
-        task.await.unwrap();
+        while let Ok(chunk) = attached.recv().await {
+            attached_out.extend_from_slice(&chunk);
+        }
+        assert_eq!(attached_out, b"line one\r\nline two\n/ # ");
         let old = std::fs::read_to_string(dir.path().join("logs/vm.log.1")).unwrap();
         let new = std::fs::read_to_string(dir.path().join("logs/vm.log")).unwrap();
         assert!(old.ends_with(" stdout F line one\n"), "{old}");

@@ -29,7 +29,10 @@ impl TestNet {
             ipam_dir: dir.path().join("ipam"),
             _dir: dir,
         };
-        let _ = Command::new("ip").args(["link", "del", &t.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &t.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
         t
     }
 

@@ -129,6 +129,7 @@ impl Daemon {
             .arg("--cni-conf-dir")
             .arg(&self.cni_conf_dir)
             .args(["--cni-bin-dir", &self.cni_bin_dir])
+            .args(["--stream-port", "0"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         if self.libvirt_uri.starts_with("test:") {

@@ -1,0 +1,30 @@
+//! The runtime side of the streaming server: consoles and pod connections from the manager.
+
+use std::sync::Arc;
+
+use virtlet_manager::Manager;
+use virtlet_stream::{Backend, ConsoleIo};
+
+pub struct ManagerBackend(pub Arc<Manager>);
+
+impl Backend for ManagerBackend {
+    fn attach(&self, container_id: &str) -> Result<ConsoleIo, String> {
+        let hub = self.0.console(container_id).map_err(|e| e.to_string())?;
+        Ok(ConsoleIo {
+            output: hub.subscribe(),
+            input: hub.input(),
+        })
+    }
+
+    fn dial(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tokio::net::TcpStream, String>> + Send>,
+    > {
+        let m = self.0.clone();
+        let id = sandbox_id.to_owned();
+        Box::pin(async move { m.dial_pod(&id, port).await.map_err(|e| e.to_string()) })
+    }
+}

@@ -1,0 +1,333 @@
+//! kubectl attach and port-forward against a real VM, through a Rust client speaking the
+//! protocols kubectl and the kubelet speak: attach over SPDY v4 and WebSocket v5 at the same
+//! time (a command typed into the tiny VM's serial shell, its output read back, Ctrl-] to
+//! detach without stopping the VM, the CRI log still written), port-forward over SPDY and
+//! WebSocket to the VM's ssh port, and a refused port reported on the error stream.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::cni::TestNet;
+use common::vm::{DomainGuard, MARKER, require_libvirtd, serve_and_pull, tiny_image, wait_for_log};
+use common::{Daemon, Options};
+use k8s_cri::v1 as api;
+use virtlet_stream::client::{Wire, upgrade};
+use virtlet_wire::spdy;
+use virtlet_wire::websocket::{Message, WebSocket};
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Reads a SPDY stream until `needle` shows up (or panics after `within`).
+async fn read_until(stream: &mut spdy::Stream, needle: &str, within: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, stream.read()).await {
+            Ok(Some(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(None) => panic!("the stream ended before {needle:?}; it said:\n{seen}"),
+            Err(_) => panic!("no {needle:?} within {within:?}; the stream said:\n{seen}"),
+        }
+    }
+    seen
+}
+
+async fn ws_read_until(
+    ws: &mut WebSocket<tokio::net::TcpStream>,
+    channel: u8,
+    needle: &str,
+) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, ws.recv()).await {
+            Ok(Ok(Some(Message::Binary(m)))) if m.first() == Some(&channel) => {
+                seen.push_str(&String::from_utf8_lossy(&m[1..]));
+            }
+            Ok(Ok(Some(_))) => {}
+            other => panic!("no {needle:?} on channel {channel}: {other:?}; seen:\n{seen}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_and_port_forward_reach_the_vm() {
+    require_libvirtd();
+    let image = tiny_image();
+    let net = TestNet::new(31);
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        cni_conflist: Some(net.conflist(60, false, &[])),
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let mut rt = d.runtime().await;
+    let logs = d.dir.path().join("logs/stream");
+    let config = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: "stream".into(),
+            uid: "uid-stream".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    };
+    let pod = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let c = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(api::ContainerConfig {
+                metadata: Some(api::ContainerMetadata {
+                    name: "vm".into(),
+                    attempt: 0,
+                }),
+                image: Some(api::ImageSpec {
+                    image: name.clone(),
+                    ..Default::default()
+                }),
+                log_path: "vm.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    guard.0.push(c.clone());
+    rt.start_container(api::StartContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
+    let log = logs.join("vm.log");
+    wait_for_log(&log, MARKER, Duration::from_secs(120)).await;
+    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.child.as_ref().unwrap().id()))
+        .unwrap()
+        .count();
+
+    // Attach over SPDY v4 (kubectl attach -i -t).
+    let url = rt
+        .attach(api::AttachRequest {
+            container_id: c.clone(),
+            stdin: true,
+            stdout: true,
+            tty: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let up = upgrade(
+        &url,
+        "",
+        Wire::Spdy,
+        &["v4.channel.k8s.io", "v3.channel.k8s.io"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.protocol, "v4.channel.k8s.io");
+    let (session, _incoming) = spdy::Session::client(up.stream);
+    let mut error = session
+        .open_stream(h(&[("streamtype", "error")]), false)
+        .await
+        .unwrap();
+    let stdin = session
+        .open_stream(h(&[("streamtype", "stdin")]), false)
+        .await
+        .unwrap();
+    let mut stdout = session
+        .open_stream(h(&[("streamtype", "stdout")]), false)
+        .await
+        .unwrap();
+    let resize = session
+        .open_stream(h(&[("streamtype", "resize")]), false)
+        .await
+        .unwrap();
+    resize.write(br#"{"Width":120,"Height":40}"#).await.unwrap();
+
+    // A second client at the same time, over WebSocket v5.
+    let url2 = rt
+        .attach(api::AttachRequest {
+            container_id: c.clone(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let up2 = upgrade(
+        &url2,
+        "",
+        Wire::WebSocket,
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(up2.protocol, "v5.channel.k8s.io");
+    let mut ws = WebSocket::client(up2.stream);
+
+    stdin.write(b"echo attach-$((6*7))\r").await.unwrap();
+    let seen = read_until(&mut stdout, "attach-42", Duration::from_secs(30)).await;
+    assert!(seen.contains("attach-42"), "{seen}");
+    ws_read_until(&mut ws, 1, "attach-42").await;
+    // Ctrl-] detaches this client: the session ends with Success, the VM runs on.
+    stdin.write(&[0x1d]).await.unwrap();
+    let status = read_until(&mut error, "Success", Duration::from_secs(10)).await;
+    assert!(status.contains(r#""status":"Success""#), "{status}");
+    let st = rt
+        .container_status(api::ContainerStatusRequest {
+            container_id: c.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, api::ContainerState::ContainerRunning as i32);
+    // The console kept going to the CRI log while attached.
+    wait_for_log(&log, "attach-42", Duration::from_secs(5)).await;
+    ws.send(Message::Close(None)).await.unwrap();
+    drop(ws);
+
+    // Port-forward over SPDY: two connections to the ssh port at once, and a refused port.
+    let url = rt
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![22],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let up = upgrade(&url, "", Wire::Spdy, &["portforward.k8s.io"])
+        .await
+        .unwrap();
+    let (session, _incoming) = spdy::Session::client(up.stream);
+    let mut datas = Vec::new();
+    for (rid, port) in [("0", "22"), ("1", "22")] {
+        let _err = session
+            .open_stream(
+                h(&[("streamtype", "error"), ("port", port), ("requestid", rid)]),
+                false,
+            )
+            .await
+            .unwrap();
+        let data = session
+            .open_stream(
+                h(&[("streamtype", "data"), ("port", port), ("requestid", rid)]),
+                false,
+            )
+            .await
+            .unwrap();
+        datas.push((_err, data));
+    }
+    for (_, data) in &mut datas {
+        let banner = read_until(data, "SSH-2.0", Duration::from_secs(20)).await;
+        assert!(banner.starts_with("SSH-2.0"), "{banner}");
+    }
+    let mut refused_err = session
+        .open_stream(
+            h(&[("streamtype", "error"), ("port", "23"), ("requestid", "2")]),
+            false,
+        )
+        .await
+        .unwrap();
+    let _refused_data = session
+        .open_stream(
+            h(&[("streamtype", "data"), ("port", "23"), ("requestid", "2")]),
+            false,
+        )
+        .await
+        .unwrap();
+    let msg = read_until(&mut refused_err, "23", Duration::from_secs(20)).await;
+    assert!(
+        msg.contains("error forwarding port 23") && msg.to_lowercase().contains("refused"),
+        "{msg}"
+    );
+    session.close().await;
+
+    // Port-forward over WebSocket.
+    let url = rt
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![22],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let up = upgrade(&url, "port=22", Wire::WebSocket, &["v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    let mut ws = WebSocket::client(up.stream);
+    let banner = ws_read_until(&mut ws, 0, "SSH-2.0").await;
+    assert!(banner.contains("SSH-2.0"), "{banner}");
+    ws.send(Message::Close(None)).await.unwrap();
+    drop(ws);
+
+    // Nothing stays open in the daemon.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds_after = std::fs::read_dir(format!("/proc/{}/fd", d.child.as_ref().unwrap().id()))
+        .unwrap()
+        .count();
+    assert!(fds_after <= fds_before, "fds {fds_before} -> {fds_after}");
+
+    // An attached client is let go when the VM stops.
+    let url = rt
+        .attach(api::AttachRequest {
+            container_id: c.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let up = upgrade(&url, "", Wire::WebSocket, &["v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    let mut ws = WebSocket::client(up.stream);
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let status = ws_read_until(&mut ws, 3, "Success").await;
+    assert!(status.contains(r#""status":"Success""#), "{status}");
+
+    rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
