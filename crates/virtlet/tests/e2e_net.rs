@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cni::TestNet;
-use common::vm::{DomainGuard, MARKER, require_libvirtd, serve_and_pull, tiny_image, wait_for_log};
+use common::vm::{
+    DomainGuard, MARKER, require_libvirtd, run_vm_pod, serve_and_pull, tiny_image, wait_for_log,
+};
 use common::{Daemon, Options};
 use k8s_cri::v1 as api;
 
@@ -172,15 +174,7 @@ async fn start_pod(
         },
         ..Default::default()
     };
-    let sandbox = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let (sandbox, _) = run_vm_pod(d, guard, config, image).await;
     let ip = rt
         .pod_sandbox_status(api::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -194,31 +188,6 @@ async fn start_pod(
         .network
         .unwrap()
         .ip;
-    let c = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata {
-                    name: "vm".into(),
-                    attempt: 0,
-                }),
-                image: Some(api::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                log_path: "vm.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    guard.0.push(c.clone());
-    rt.start_container(api::StartContainerRequest { container_id: c })
-        .await
-        .unwrap();
     Pod {
         sandbox,
         ip,

@@ -11,7 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::cni::TestNet;
-use common::vm::{DomainGuard, MARKER, require_libvirtd, serve_and_pull, tiny_image, wait_for_log};
+use common::vm::{
+    DomainGuard, MARKER, require_libvirtd, run_vm_pod, serve_and_pull, tiny_image, wait_for_log,
+};
 use common::{Daemon, Options};
 use k8s_cri::v1 as api;
 use virtlet_stream::client::{Wire, upgrade};
@@ -83,42 +85,7 @@ async fn attach_and_port_forward_reach_the_vm() {
         log_directory: logs.display().to_string(),
         ..Default::default()
     };
-    let pod = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let c = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata {
-                    name: "vm".into(),
-                    attempt: 0,
-                }),
-                image: Some(api::ImageSpec {
-                    image: name.clone(),
-                    ..Default::default()
-                }),
-                log_path: "vm.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    guard.0.push(c.clone());
-    rt.start_container(api::StartContainerRequest {
-        container_id: c.clone(),
-    })
-    .await
-    .unwrap();
+    let (pod, c) = run_vm_pod(&d, &mut guard, config, &name).await;
     let log = logs.join("vm.log");
     wait_for_log(&log, MARKER, Duration::from_secs(120)).await;
     let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.child.as_ref().unwrap().id()))

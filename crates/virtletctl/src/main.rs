@@ -89,6 +89,17 @@ enum Cmd {
     },
     /// Stop and remove pods with everything in them.
     Rmp { pods: Vec<String> },
+    /// Attach to a VM's serial console: lines typed here go to the VM, its output comes
+    /// back. Ctrl-] (then Enter) detaches; the VM goes on.
+    Attach { container: String },
+    /// Forward a local port to a port of a pod's VM: `LOCAL:REMOTE` (or one number for both).
+    PortForward {
+        pod: String,
+        ports: String,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
 }
 
 async fn connect(socket: &Path) -> Result<Channel> {
@@ -457,6 +468,27 @@ async fn main() -> Result<()> {
             .map_err(status_err)?;
             println!("Stopped: {container}");
         }
+        Cmd::Attach { container } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let container = resolve_container(&mut rt, &container).await?;
+            attach(&mut rt, &container).await?;
+        }
+        Cmd::PortForward {
+            pod,
+            ports,
+            address,
+        } => {
+            let mut rt = RuntimeServiceClient::new(channel);
+            let pod = resolve_pod(&mut rt, &pod).await?;
+            let (local, remote) = match ports.split_once(':') {
+                Some((l, r)) => (l.parse::<u16>(), r.parse::<u16>()),
+                None => (ports.parse::<u16>(), ports.parse::<u16>()),
+            };
+            let (Ok(local), Ok(remote)) = (local, remote) else {
+                anyhow::bail!("ports {ports:?} is not LOCAL:REMOTE (two port numbers)");
+            };
+            port_forward(rt, &pod, &address, local, remote).await?;
+        }
         Cmd::Rmp { pods } => {
             let mut rt = RuntimeServiceClient::new(channel);
             for pod in pods {
@@ -476,4 +508,147 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The console over WebSocket v5: stdout channel 1 to our stdout, our stdin to channel 0.
+async fn attach(rt: &mut RuntimeServiceClient<Channel>, container: &str) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use virtlet_stream::client::{Wire, upgrade};
+    use virtlet_wire::websocket::{Message, WebSocket};
+    let url = rt
+        .attach(api::AttachRequest {
+            container_id: container.to_owned(),
+            stdin: true,
+            stdout: true,
+            tty: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .url;
+    let up = upgrade(
+        &url,
+        "",
+        Wire::WebSocket,
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+    )
+    .await?;
+    eprintln!("Attached to {container}'s serial console; Ctrl-] then Enter detaches.");
+    let (mut reader, writer) = WebSocket::client(up.stream).into_split();
+    let typing = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut m = vec![0u8];
+            m.extend_from_slice(line.as_bytes());
+            m.push(b'\r');
+            if writer.send(Message::Binary(m)).await.is_err() || line.contains('\x1d') {
+                break;
+            }
+        }
+    });
+    let mut out = tokio::io::stdout();
+    while let Ok(Some(msg)) = reader.recv().await {
+        if let Message::Binary(m) = msg
+            && m.first() == Some(&1)
+        {
+            out.write_all(&m[1..]).await?;
+            out.flush().await?;
+        }
+    }
+    typing.abort();
+    eprintln!("\nDetached.");
+    Ok(())
+}
+
+/// Listens locally; every connection gets its own PortForward URL and WebSocket.
+async fn port_forward(
+    rt: RuntimeServiceClient<Channel>,
+    pod: &str,
+    address: &str,
+    local: u16,
+    remote: u16,
+) -> Result<()> {
+    use virtlet_stream::client::{Wire, upgrade};
+    use virtlet_wire::websocket::{Message, WebSocket};
+    let listener = tokio::net::TcpListener::bind((address, local))
+        .await
+        .with_context(|| format!("cannot listen on {address}:{local}"))?;
+    eprintln!(
+        "Forwarding {} -> pod {pod} port {remote}",
+        listener.local_addr()?
+    );
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let mut rt = rt.clone();
+        let pod = pod.to_owned();
+        tokio::spawn(async move {
+            let url = match rt
+                .port_forward(api::PortForwardRequest {
+                    pod_sandbox_id: pod.clone(),
+                    port: vec![i32::from(remote)],
+                })
+                .await
+            {
+                Ok(r) => r.into_inner().url,
+                Err(e) => {
+                    eprintln!("{peer}: {}", e.message());
+                    return;
+                }
+            };
+            let up = match upgrade(
+                &url,
+                &format!("port={remote}"),
+                Wire::WebSocket,
+                &["v4.channel.k8s.io"],
+            )
+            .await
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("{peer}: {e}");
+                    return;
+                }
+            };
+            let (mut reader, writer) = WebSocket::client(up.stream).into_split();
+            let (mut tr, mut tw) = tcp.into_split();
+            let up_task = tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match tr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut m = vec![0u8];
+                            m.extend_from_slice(&buf[..n]);
+                            if writer.send(Message::Binary(m)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = writer.send(Message::Close(None)).await;
+            });
+            // The first message of each channel is its port number.
+            let mut seen = [false; 2];
+            while let Ok(Some(msg)) = reader.recv().await {
+                let Message::Binary(m) = msg else { continue };
+                let Some(&ch) = m.first() else { continue };
+                let ch = usize::from(ch.min(1));
+                if !seen[ch] {
+                    seen[ch] = true;
+                    continue;
+                }
+                if ch == 1 {
+                    eprintln!("{peer}: {}", String::from_utf8_lossy(&m[1..]));
+                    break;
+                }
+                use tokio::io::AsyncWriteExt;
+                if tw.write_all(&m[1..]).await.is_err() {
+                    break;
+                }
+            }
+            up_task.abort();
+        });
+    }
 }

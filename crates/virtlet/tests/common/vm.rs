@@ -125,3 +125,52 @@ pub async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Durat
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs a pod with one VM of `image` (console log `vm.log` in the pod's log directory) and
+/// starts it; the guard removes its domain whatever happens. Returns (sandbox, container).
+pub async fn run_vm_pod(
+    d: &Daemon,
+    guard: &mut DomainGuard,
+    config: k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+) -> (String, String) {
+    use k8s_cri::v1 as api;
+    let mut rt = d.runtime().await;
+    let sandbox = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let container = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(api::ContainerConfig {
+                metadata: Some(api::ContainerMetadata {
+                    name: "vm".into(),
+                    attempt: 0,
+                }),
+                image: Some(api::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                log_path: "vm.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    guard.0.push(container.clone());
+    rt.start_container(api::StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await
+    .unwrap();
+    (sandbox, container)
+}
