@@ -78,6 +78,10 @@ enum Cmd {
     },
 }
 
+/// How many pods the scale benchmark creates (and removes) at a time.
+const FILL_PARALLEL: usize = 4;
+
+#[derive(Clone)]
 struct Cri {
     rt: RuntimeServiceClient<Channel>,
     img: ImageServiceClient<Channel>,
@@ -459,12 +463,23 @@ async fn main() -> Result<()> {
             let mut pods = Vec::new();
             let mut containers = Vec::new();
             let t = Instant::now();
-            for i in 0..sandboxes {
-                let (p, c) = cri
-                    .pod(&format!("scale{i}"), &cli.image, &logs, false)
-                    .await?;
-                pods.push(p);
-                containers.push(c);
+            // Filled a few at a time: the daemon serves calls on different pods in parallel,
+            // and one at a time the fill alone took about 5 minutes.
+            let names: Vec<usize> = (0..sandboxes).collect();
+            for chunk in names.chunks(FILL_PARALLEL) {
+                let mut set = tokio::task::JoinSet::new();
+                for &i in chunk {
+                    let mut c = cri.clone();
+                    let (image, logs) = (cli.image.clone(), logs.clone());
+                    set.spawn(
+                        async move { c.pod(&format!("scale{i}"), &image, &logs, false).await },
+                    );
+                }
+                while let Some(r) = set.join_next().await {
+                    let (p, c) = r??;
+                    pods.push(p);
+                    containers.push(c);
+                }
             }
             let fill = t.elapsed();
             let rss = rss_kib(pid);
@@ -507,8 +522,16 @@ async fn main() -> Result<()> {
                     .or_default()
                     .push(secs(t.elapsed()) * 1000.0);
             }
-            for p in &pods {
-                cri.remove_pod(p).await?;
+            for chunk in pods.chunks(FILL_PARALLEL) {
+                let mut set = tokio::task::JoinSet::new();
+                for p in chunk {
+                    let mut c = cri.clone();
+                    let p = p.clone();
+                    set.spawn(async move { c.remove_pod(&p).await });
+                }
+                while let Some(r) = set.join_next().await {
+                    r??;
+                }
             }
             let summary: serde_json::Map<String, serde_json::Value> = lat
                 .iter()
