@@ -238,96 +238,33 @@ pub fn ip_batch(nic: &VmNic, new_mac: &str, bridge_mac: &str) -> String {
 /// ebtables rules that keep DHCP and the responder's address between the VM and the bridge:
 /// nothing of either crosses the CNI interface.
 pub fn ebtables_rules(nic: &VmNic) -> Vec<Vec<String>> {
-    let eth = nic.cni_ifname.as_str();
-    let sid = SERVER_ID.to_string();
-    let rules: Vec<Vec<&str>> = vec![
+    let (eth, tap, sid) = (&nic.cni_ifname, &nic.tap, SERVER_ID);
+    let drops = [
         // DHCP from outside reaches neither the responder nor the VM.
-        vec![
-            "INPUT",
-            "-i",
-            eth,
-            "-p",
-            "IPv4",
-            "--ip-proto",
-            "udp",
-            "--ip-dport",
-            "67:68",
-        ],
-        vec![
-            "FORWARD",
-            "-i",
-            eth,
-            "-p",
-            "IPv4",
-            "--ip-proto",
-            "udp",
-            "--ip-dport",
-            "67:68",
-        ],
+        format!("INPUT -i {eth} -p IPv4 --ip-proto udp --ip-dport 67:68"),
+        format!("FORWARD -i {eth} -p IPv4 --ip-proto udp --ip-dport 67:68"),
         // The VM's DHCP and the responder's answers don't leave.
-        vec![
-            "FORWARD",
-            "-o",
-            eth,
-            "-p",
-            "IPv4",
-            "--ip-proto",
-            "udp",
-            "--ip-dport",
-            "67:68",
-        ],
-        vec![
-            "OUTPUT",
-            "-o",
-            eth,
-            "-p",
-            "IPv4",
-            "--ip-proto",
-            "udp",
-            "--ip-sport",
-            "67:68",
-        ],
+        format!("FORWARD -o {eth} -p IPv4 --ip-proto udp --ip-dport 67:68"),
+        format!("OUTPUT -o {eth} -p IPv4 --ip-proto udp --ip-sport 67:68"),
         // The responder's address is not seen outside (every pod's bridge has it).
-        vec!["INPUT", "-i", eth, "-p", "ARP", "--arp-ip-dst", &sid],
-        vec!["OUTPUT", "-o", eth, "-p", "ARP", "--arp-ip-src", &sid],
-        vec!["FORWARD", "-o", eth, "-p", "ARP", "--arp-ip-dst", &sid],
-        vec!["FORWARD", "-o", eth, "-p", "IPv4", "--ip-dst", &sid],
-        vec!["OUTPUT", "-o", eth, "-p", "IPv4", "--ip-src", &sid],
+        format!("INPUT -i {eth} -p ARP --arp-ip-dst {sid}"),
+        format!("OUTPUT -o {eth} -p ARP --arp-ip-src {sid}"),
+        format!("FORWARD -o {eth} -p ARP --arp-ip-dst {sid}"),
+        format!("FORWARD -o {eth} -p IPv4 --ip-dst {sid}"),
+        format!("OUTPUT -o {eth} -p IPv4 --ip-src {sid}"),
     ];
-    let mut out: Vec<Vec<String>> = rules
-        .into_iter()
-        .map(|r| {
-            let mut v = vec!["-A".to_owned()];
-            v.extend(r.into_iter().map(str::to_owned));
-            v.extend(["-j".to_owned(), "DROP".to_owned()]);
-            v
-        })
-        .collect();
+    let mut rules: Vec<String> = drops.iter().map(|r| format!("-A {r} -j DROP")).collect();
     // Whatever route the guest has to the responder's address (a static network-config has
     // none: it goes to the gateway's MAC), frames for it are delivered to the bridge itself.
     // That carries answers to connections made from the netns (port-forward).
-    out.push(
-        [
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            &nic.tap,
-            "-p",
-            "IPv4",
-            "--ip-dst",
-            &sid,
-            "-j",
-            "redirect",
-            "--redirect-target",
-            "ACCEPT",
-        ]
+    rules.push(format!(
+        "-t nat -A PREROUTING -i {tap} -p IPv4 --ip-dst {sid} -j redirect --redirect-target ACCEPT"
+    ));
+    // Interface names and addresses hold no spaces, so the words are the arguments.
+    rules
         .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-    );
-    out
+        .map(|r| r.split_whitespace().map(str::to_owned).collect())
+        .collect()
 }
 
 /// A random locally administered unicast MAC.
