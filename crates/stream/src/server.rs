@@ -270,9 +270,12 @@ async fn handle(
                 return;
             }
         };
-        match (wire, request, console) {
+        let over = match wire {
+            Wire::Spdy => "SPDY",
+            Wire::WebSocket { .. } => "WebSocket",
+        };
+        match (request, console) {
             (
-                Wire::Spdy,
                 Request::Attach {
                     stdin,
                     stdout,
@@ -282,59 +285,31 @@ async fn handle(
                 },
                 Some(console),
             ) => {
-                info!(container = %short(&container_id), %protocol, "attach (SPDY) started");
-                spdy_attach(
-                    upgraded,
-                    &protocol,
-                    Streams {
-                        stdin,
-                        stdout,
-                        stderr,
-                        tty,
-                    },
-                    console,
-                )
-                .await;
-                info!(container = %short(&container_id), "attach (SPDY) ended");
-            }
-            (
-                Wire::WebSocket { .. },
-                Request::Attach {
+                let want = Streams {
                     stdin,
                     stdout,
                     stderr,
                     tty,
-                    container_id,
-                },
-                Some(console),
-            ) => {
-                info!(container = %short(&container_id), %protocol, "attach (WebSocket) started");
-                ws_attach(
-                    upgraded,
-                    &protocol,
-                    Streams {
-                        stdin,
-                        stdout,
-                        stderr,
-                        tty,
-                    },
-                    console,
-                )
-                .await;
-                info!(container = %short(&container_id), "attach (WebSocket) ended");
+                };
+                info!(container = %short(&container_id), %protocol, "attach ({over}) started");
+                match wire {
+                    Wire::Spdy => spdy_attach(upgraded, &protocol, want, console).await,
+                    Wire::WebSocket { .. } => ws_attach(upgraded, &protocol, want, console).await,
+                }
+                info!(container = %short(&container_id), "attach ({over}) ended");
             }
-            (Wire::Spdy, Request::PortForward { sandbox_id, .. }, _) => {
-                info!(sandbox = %short(&sandbox_id), "port-forward (SPDY) started");
-                spdy_port_forward(upgraded, backend, sandbox_id.clone()).await;
-                info!(sandbox = %short(&sandbox_id), "port-forward (SPDY) ended");
+            (Request::PortForward { sandbox_id, ports }, _) => {
+                info!(sandbox = %short(&sandbox_id), "port-forward ({over}) started");
+                match wire {
+                    Wire::Spdy => spdy_port_forward(upgraded, backend, sandbox_id.clone()).await,
+                    Wire::WebSocket { .. } => {
+                        let ports = if ws_ports.is_empty() { ports } else { ws_ports };
+                        ws_port_forward(upgraded, backend, sandbox_id.clone(), ports).await;
+                    }
+                }
+                info!(sandbox = %short(&sandbox_id), "port-forward ({over}) ended");
             }
-            (Wire::WebSocket { .. }, Request::PortForward { sandbox_id, ports }, _) => {
-                let ports = if ws_ports.is_empty() { ports } else { ws_ports };
-                info!(sandbox = %short(&sandbox_id), ?ports, "port-forward (WebSocket) started");
-                ws_port_forward(upgraded, backend, sandbox_id.clone(), ports).await;
-                info!(sandbox = %short(&sandbox_id), "port-forward (WebSocket) ended");
-            }
-            _ => {}
+            (Request::Attach { .. }, None) => {}
         }
     });
     Ok(resp)
