@@ -3,12 +3,15 @@
 //! ([`status`]).
 
 mod image;
+mod listing;
 mod runtime;
+mod service;
 mod status;
 pub mod stream;
 
 pub use image::ImageServer;
 pub use runtime::RuntimeServer;
+pub use service::RuntimeService;
 pub use status::image_error_status;
 
 pub use k8s_cri::v1 as api;

@@ -25,6 +25,8 @@ pub struct RuntimeServer {
     streams: Option<Arc<virtlet_stream::StreamServer>>,
     /// How VMs run here (`KVM` or `TCG ...`), for Status's verbose info.
     accel: String,
+    containers_list: crate::listing::ListCache,
+    sandboxes_list: crate::listing::ListCache,
 }
 
 impl RuntimeServer {
@@ -38,6 +40,8 @@ impl RuntimeServer {
             manager,
             streams: None,
             accel: accel.into(),
+            containers_list: Default::default(),
+            sandboxes_list: Default::default(),
         }
     }
 
@@ -45,6 +49,24 @@ impl RuntimeServer {
     pub fn with_streaming(mut self, streams: Arc<virtlet_stream::StreamServer>) -> RuntimeServer {
         self.streams = Some(streams);
         self
+    }
+
+    /// The encoded `ListContainersResponse` for `filter` (see [`crate::listing`]).
+    pub fn list_containers_encoded(&self, filter: Option<&api::ContainerFilter>) -> bytes::Bytes {
+        self.containers_list.answer(
+            filter.is_none_or(|f| *f == api::ContainerFilter::default()),
+            || self.manager.containers_generation(),
+            |w| self.manager.for_each_container(filter, |c| w.container(c)),
+        )
+    }
+
+    /// The encoded `ListPodSandboxResponse` for `filter` (see [`crate::listing`]).
+    pub fn list_pod_sandbox_encoded(&self, filter: Option<&api::PodSandboxFilter>) -> bytes::Bytes {
+        self.sandboxes_list.answer(
+            filter.is_none_or(|f| *f == api::PodSandboxFilter::default()),
+            || self.manager.sandboxes_generation(),
+            |w| self.manager.for_each_sandbox(filter, |s| w.sandbox(s)),
+        )
     }
 
     fn streams(&self) -> Result<&virtlet_stream::StreamServer, Status> {
@@ -159,7 +181,19 @@ fn container_status(c: &ContainerRecord) -> api::ContainerStatus {
     }
 }
 
-fn container(c: &ContainerRecord) -> api::Container {
+pub(crate) fn pod_sandbox(s: &SandboxRecord) -> api::PodSandbox {
+    api::PodSandbox {
+        id: s.id.clone(),
+        metadata: s.config.metadata.clone(),
+        state: sandbox_cri_state(s.state),
+        created_at: s.created_at_ns,
+        labels: s.config.labels.clone(),
+        annotations: s.config.annotations.clone(),
+        runtime_handler: s.runtime_handler.clone(),
+    }
+}
+
+pub(crate) fn container(c: &ContainerRecord) -> api::Container {
     api::Container {
         id: c.id.clone(),
         pod_sandbox_id: c.sandbox_id.clone(),
@@ -405,17 +439,7 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::ListPodSandboxRequest>,
     ) -> Result<Response<api::ListPodSandboxResponse>, Status> {
         let filter = request.into_inner().filter;
-        let items = self
-            .manager
-            .map_sandboxes(filter.as_ref(), |s| api::PodSandbox {
-                id: s.id.clone(),
-                metadata: s.config.metadata.clone(),
-                state: sandbox_cri_state(s.state),
-                created_at: s.created_at_ns,
-                labels: s.config.labels.clone(),
-                annotations: s.config.annotations.clone(),
-                runtime_handler: s.runtime_handler.clone(),
-            });
+        let items = self.manager.map_sandboxes(filter.as_ref(), pod_sandbox);
         Ok(Response::new(api::ListPodSandboxResponse { items }))
     }
 

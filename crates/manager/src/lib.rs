@@ -15,6 +15,7 @@ mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +71,10 @@ pub struct Manager {
     libvirt: Arc<Libvirt>,
     sandboxes: RwLock<BTreeMap<String, SandboxRecord>>,
     containers: RwLock<BTreeMap<String, ContainerRecord>>,
+    /// Bumped, under the write lock, by every change to `sandboxes` / `containers`: lets List
+    /// answers be reused while nothing changed.
+    sandboxes_gen: AtomicU64,
+    containers_gen: AtomicU64,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     consoles: Mutex<HashMap<String, Arc<console::ConsoleHub>>>,
     net: network::Networking,
@@ -130,6 +135,8 @@ impl Manager {
             libvirt,
             sandboxes: RwLock::new(sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect()),
             containers: RwLock::new(containers.into_iter().map(|c| (c.id.clone(), c)).collect()),
+            sandboxes_gen: AtomicU64::new(0),
+            containers_gen: AtomicU64::new(0),
             pod_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashMap::new()),
         });
@@ -155,13 +162,19 @@ impl Manager {
     fn save_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
         self.store
             .put_record(RecordTable::Sandboxes, &rec.id, rec)?;
-        write(&self.sandboxes).insert(rec.id.clone(), rec.clone());
+        let mut map = write(&self.sandboxes);
+        map.insert(rec.id.clone(), rec.clone());
+        self.sandboxes_gen.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     fn drop_sandbox(&self, id: &str) -> Result<()> {
         self.store.delete_record(RecordTable::Sandboxes, id)?;
-        write(&self.sandboxes).remove(id);
+        {
+            let mut map = write(&self.sandboxes);
+            map.remove(id);
+            self.sandboxes_gen.fetch_add(1, Ordering::Release);
+        }
         lock(&self.pod_locks).remove(id);
         Ok(())
     }
@@ -169,13 +182,19 @@ impl Manager {
     fn save_container(&self, rec: &ContainerRecord) -> Result<()> {
         self.store
             .put_record(RecordTable::Containers, &rec.id, rec)?;
-        write(&self.containers).insert(rec.id.clone(), rec.clone());
+        let mut map = write(&self.containers);
+        map.insert(rec.id.clone(), rec.clone());
+        self.containers_gen.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     fn drop_container(&self, id: &str) -> Result<()> {
         self.store.delete_record(RecordTable::Containers, id)?;
-        write(&self.containers).remove(id);
+        {
+            let mut map = write(&self.containers);
+            map.remove(id);
+            self.containers_gen.fetch_add(1, Ordering::Release);
+        }
         lock(&self.consoles).remove(id);
         Ok(())
     }
@@ -201,8 +220,25 @@ impl Manager {
         filter: Option<&PodSandboxFilter>,
         f: impl Fn(&SandboxRecord) -> T,
     ) -> Vec<T> {
-        read(&self.sandboxes)
-            .values()
+        let mut out = Vec::new();
+        self.for_each_sandbox(filter, |s| out.push(f(s)));
+        out
+    }
+
+    /// The sandboxes' generation: it changes whenever a sandbox record does.
+    pub fn sandboxes_generation(&self) -> u64 {
+        self.sandboxes_gen.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` on every listed sandbox, in id order, under one read lock. Returns the
+    /// generation ([`Self::sandboxes_generation`]) of what `f` saw.
+    pub fn for_each_sandbox(
+        &self,
+        filter: Option<&PodSandboxFilter>,
+        mut f: impl FnMut(&SandboxRecord),
+    ) -> u64 {
+        let map = read(&self.sandboxes);
+        map.values()
             .filter(|s| matches!(s.state, SandboxState::Ready | SandboxState::NotReady))
             .filter(|s| match filter {
                 None => true,
@@ -215,8 +251,8 @@ impl Manager {
                         && filters::labels_match(&fl.label_selector, &s.config.labels)
                 }
             })
-            .map(f)
-            .collect()
+            .for_each(&mut f);
+        self.sandboxes_gen.load(Ordering::Acquire)
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
@@ -237,8 +273,25 @@ impl Manager {
         filter: Option<&ContainerFilter>,
         f: impl Fn(&ContainerRecord) -> T,
     ) -> Vec<T> {
-        read(&self.containers)
-            .values()
+        let mut out = Vec::new();
+        self.for_each_container(filter, |c| out.push(f(c)));
+        out
+    }
+
+    /// The containers' generation: it changes whenever a container record does.
+    pub fn containers_generation(&self) -> u64 {
+        self.containers_gen.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` on every listed container, in id order, under one read lock. Returns the
+    /// generation ([`Self::containers_generation`]) of what `f` saw.
+    pub fn for_each_container(
+        &self,
+        filter: Option<&ContainerFilter>,
+        mut f: impl FnMut(&ContainerRecord),
+    ) -> u64 {
+        let map = read(&self.containers);
+        map.values()
             .filter(|c| !matches!(c.state, ContainerState::Creating | ContainerState::Removing))
             .filter(|c| match filter {
                 None => true,
@@ -252,8 +305,8 @@ impl Manager {
                         && filters::labels_match(&fl.label_selector, &c.config.labels)
                 }
             })
-            .map(f)
-            .collect()
+            .for_each(&mut f);
+        self.containers_gen.load(Ordering::Acquire)
     }
 
     // ----- pod sandboxes -----

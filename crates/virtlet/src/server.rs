@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use virtlet_core::annotations::CpuModel;
 use virtlet_core::vmspec::DomainType;
-use virtlet_cri::{ImageServer, RuntimeServer};
+use virtlet_cri::{ImageServer, RuntimeServer, RuntimeService};
 use virtlet_image::{ImageStore, ImageStoreConfig};
 use virtlet_manager::{Manager, ManagerConfig};
 use virtlet_store::{Store, StoreError};
@@ -23,6 +23,11 @@ use crate::config::Config;
 
 /// Largest gRPC message accepted or sent (the kubelet allows 16 MiB).
 const MAX_MESSAGE: usize = 16 << 20;
+/// Send buffer asked for on each kubelet connection. With 1000 pods a ListContainers answer
+/// is about 400 KB; the default unix-socket buffer (about 208 KB) made each answer stall
+/// halfway until the client drained it. The kernel caps the value at net.core.wmem_max
+/// (and doubles it), so on a default node this gives about 416 KB.
+const CRI_SEND_BUFFER: usize = 1 << 20;
 
 fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
@@ -161,9 +166,7 @@ pub async fn run(config: Config) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot recover pods and VMs: {e}"))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<RuntimeServiceServer<RuntimeServer>>()
-        .await;
+    health.set_serving::<RuntimeService>().await;
     health
         .set_serving::<ImageServiceServer<ImageServer>>()
         .await;
@@ -180,12 +183,11 @@ pub async fn run(config: Config) -> Result<()> {
             config.stream_address, config.stream_port
         )
     })?;
-    let runtime = RuntimeServiceServer::new(
+    let runtime = RuntimeService::new(
         RuntimeServer::new(env!("CARGO_PKG_VERSION"), manager, accel)
             .with_streaming(Arc::new(streams)),
-    )
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+        MAX_MESSAGE,
+    );
     let image = ImageServiceServer::new(ImageServer::new(images))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -196,7 +198,17 @@ pub async fn run(config: Config) -> Result<()> {
         .add_service(health_service)
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| {
+                conn.inspect(|c| {
+                    if let Err(e) = socket2::SockRef::from(c).set_send_buffer_size(CRI_SEND_BUFFER)
+                    {
+                        tracing::debug!(error = %e, "cannot enlarge a CRI connection's send buffer");
+                    }
+                })
+            }),
+            shutdown_signal(),
+        )
         .await;
     let _ = std::fs::remove_file(&config.listen);
     served.context("the gRPC server failed")?;

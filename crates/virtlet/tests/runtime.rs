@@ -884,3 +884,132 @@ async fn bad_cloud_init_input_is_refused_and_leaves_nothing() {
         "no disk or seed left"
     );
 }
+
+/// Unfiltered lists are answered from cached bytes while nothing changes: every change must
+/// show in the next answer, and the answer must match what filtered (uncached) lists and the
+/// status calls say.
+#[tokio::test(flavor = "multi_thread")]
+async fn unfiltered_lists_follow_every_change() {
+    let e = env().await;
+    let d = &e.d;
+    let mut rt = d.runtime().await;
+    async fn lists(
+        rt: &mut api::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    ) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+        let mut out = (Vec::new(), Vec::new());
+        // Twice each: the second answer comes from the cache.
+        for _ in 0..2 {
+            let mut pods: Vec<(String, i32)> = rt
+                .list_pod_sandbox(api::ListPodSandboxRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| (p.id, p.state))
+                .collect();
+            pods.sort();
+            let mut filtered: Vec<(String, i32)> = rt
+                .list_pod_sandbox(api::ListPodSandboxRequest {
+                    filter: Some(api::PodSandboxFilter {
+                        label_selector: HashMap::from([("tier".into(), "vm".into())]),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| (p.id, p.state))
+                .collect();
+            filtered.sort();
+            assert_eq!(pods, filtered, "cached and filtered ListPodSandbox differ");
+            let mut containers: Vec<(String, i32)> = rt
+                .list_containers(api::ListContainersRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+            containers.sort();
+            let mut filtered: Vec<(String, i32)> = rt
+                .list_containers(api::ListContainersRequest {
+                    filter: Some(api::ContainerFilter {
+                        label_selector: HashMap::from([("c".into(), "vm".into())]),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+            filtered.sort();
+            assert_eq!(
+                containers, filtered,
+                "cached and filtered ListContainers differ"
+            );
+            out = (pods, containers);
+        }
+        out
+    }
+    use api::ContainerState as C;
+    use api::PodSandboxState as P;
+
+    assert_eq!(lists(&mut rt).await, (vec![], vec![]));
+    let pod = run_pod(d, "cache", "uid-cache", &[]).await.unwrap();
+    let ready = P::SandboxReady as i32;
+    assert_eq!(lists(&mut rt).await, (vec![(pod.clone(), ready)], vec![]));
+    let c = create(d, &pod, "vm", &e.image).await.unwrap();
+    assert_eq!(
+        lists(&mut rt).await,
+        (
+            vec![(pod.clone(), ready)],
+            vec![(c.clone(), C::ContainerCreated as i32)]
+        )
+    );
+    rt.start_container(api::StartContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lists(&mut rt).await.1,
+        vec![(c.clone(), C::ContainerRunning as i32)]
+    );
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let exited = C::ContainerExited as i32;
+    assert_eq!(lists(&mut rt).await.1, vec![(c.clone(), exited)]);
+    assert_eq!(container_status(d, &c).await.unwrap().state, exited);
+    rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lists(&mut rt).await.0,
+        vec![(pod.clone(), P::SandboxNotready as i32)]
+    );
+    rt.remove_container(api::RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(lists(&mut rt).await.1, vec![]);
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(lists(&mut rt).await, (vec![], vec![]));
+}
