@@ -18,6 +18,12 @@ pub enum ReferenceError {
     BadCharacter { reference: String },
     #[error("image reference {reference:?} names no image after the prefix")]
     NoName { reference: String },
+    #[error(
+        "image reference {reference:?} has an '@' in its name: only a trailing `@sha256:<hex>` digest may follow the name"
+    )]
+    AtInName { reference: String },
+    #[error("image reference {reference:?} has more than one `:tag`")]
+    TwoTags { reference: String },
     #[error("image reference {reference:?} has a bad digest: {source}")]
     Digest {
         reference: String,
@@ -63,11 +69,22 @@ impl ImageRef {
                     reference: reference.to_owned(),
                     source,
                 })?;
+                if rest.contains('@') {
+                    return Err(ReferenceError::AtInName {
+                        reference: reference.to_owned(),
+                    });
+                }
                 (rest, Some(digest))
             }
             None => (reference, None),
         };
         let name = strip_tag(rest);
+        // `a:b:c` would become `a:b`, whose pinned form `a:b@sha256:..` names `a`.
+        if strip_tag(name) != name {
+            return Err(ReferenceError::TwoTags {
+                reference: reference.to_owned(),
+            });
+        }
         let bare = name.strip_prefix(VIRTLET_PREFIX).unwrap_or(name);
         if bare.is_empty() || bare.ends_with("://") {
             return Err(ReferenceError::NoName {
@@ -187,6 +204,10 @@ mod tests {
             "virtlet.cloud/a\n",
             "virtlet.cloud/a@sha256:abc",
             "virtlet.cloud/a@md5:abc",
+            // Found by the fuzzer: a second '@' used to stay in the name, and a second tag
+            // made a name whose pinned form named another image.
+            "virtlet.cloud/host/disk.img:v1:v2",
+            &format!("virtlet.cloud/user@host/a@sha256:{HEX}"),
             "virtlet.cloud/https://",
         ] {
             let err = ImageRef::parse(bad).unwrap_err();
