@@ -11,6 +11,7 @@ mod filters;
 pub mod netns;
 pub mod network;
 mod records;
+pub mod sources;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,8 @@ pub struct ManagerConfig {
     /// The kubelet's pods directory: mounted Secrets/ConfigMaps must lie inside it.
     pub kubelet_root_dir: PathBuf,
     pub cni: network::CniSettings,
+    /// Kubernetes API access, for the ConfigMaps and Secrets that annotations name.
+    pub kube: Option<Arc<virtlet_kube::KubeClient>>,
 }
 
 pub struct Manager {
@@ -727,18 +730,13 @@ impl Manager {
         let pod_meta = sandbox.config.metadata.clone().unwrap_or_default();
         let ci_annotations = CloudInitAnnotations::parse(&sandbox.config.annotations)
             .map_err(|e| ManagerError::invalid(e.to_string()))?;
-        if let Some((annotation, src)) = ci_annotations.sources().first() {
-            return Err(ManagerError::precondition(format!(
-                "pod {}/{} names {}/{} in {annotation}, but this virtlet has no Kubernetes API access to read it",
-                pod_meta.namespace,
-                pod_meta.name,
-                match src.kind {
-                    virtlet_cloudinit::SourceKind::ConfigMap => "configmap",
-                    virtlet_cloudinit::SourceKind::Secret => "secret",
-                },
-                src.name
-            )));
-        }
+        let sources = sources::read(
+            self.config.kube.as_deref(),
+            &pod_meta.namespace,
+            &pod_meta.name,
+            &ci_annotations,
+        )
+        .await?;
         let files = volumes::mounted_files(&self.config.kubelet_root_dir, &config.mounts)?;
         let mut command = config.command.clone();
         command.extend(config.args.iter().cloned());
@@ -764,7 +762,8 @@ impl Manager {
                 .pod_network()
                 .filter(|_| !annotations.force_dhcp_network_config)
                 .and_then(|n| virtlet_cloudinit::network::network_config(seed_kind, n)),
-            ..Default::default()
+            source_entries: sources.entries,
+            source_ssh_keys: sources.ssh_keys,
         })
         .map_err(|e| match e {
             CloudInitError::Seed { .. } => ManagerError::internal(e.to_string()),

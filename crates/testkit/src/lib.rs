@@ -39,6 +39,9 @@ pub enum Route {
     StallBody { sent: Bytes, total: u64 },
     /// Sends the headers and part of the body, then closes the connection.
     Cut { sent: Bytes, total: u64 },
+    /// 200 with this body when the request's `Authorization` header is exactly
+    /// `authorization`, else 401 with a Kubernetes-style Status body.
+    Authorized { authorization: String, body: Bytes },
 }
 
 #[derive(Default)]
@@ -194,6 +197,25 @@ async fn answer(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Re
     match route {
         None => response(StatusCode::NOT_FOUND, full("no such file\n")),
         Some(Route::Content(b)) => response(StatusCode::OK, full(b)),
+        Some(Route::Authorized {
+            authorization,
+            body,
+        }) => {
+            let given = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if given == Some(authorization.as_str()) {
+                response(StatusCode::OK, full(body))
+            } else {
+                response(
+                    StatusCode::UNAUTHORIZED,
+                    full(
+                        r#"{"kind":"Status","status":"Failure","message":"Unauthorized","code":401}"#,
+                    ),
+                )
+            }
+        }
         Some(Route::Slow { body, chunk, every }) => {
             let chunks: Vec<Bytes> = body
                 .chunks(chunk.max(1))

@@ -100,6 +100,12 @@ pub const SETTINGS: &[Setting] = &[
         "address the streaming server listens on (the kubelet connects to it)",
     ),
     s(
+        "kubeconfig",
+        "VIRTLET_KUBECONFIG",
+        "",
+        "kubeconfig for reading the ConfigMaps and Secrets that pod annotations name; empty: the in-cluster service account when virtlet runs in a pod, else no API access",
+    ),
+    s(
         "kubelet-root-dir",
         "KUBELET_ROOT_DIR",
         "/var/lib/kubelet/pods",
@@ -170,6 +176,7 @@ pub struct Config {
     pub stream_port: u16,
     pub stream_address: std::net::IpAddr,
     pub kubelet_root_dir: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     pub raw_devices: Vec<String>,
     pub cpu_model: String,
     pub log_level: u8,
@@ -373,6 +380,10 @@ impl Config {
             stream_port,
             stream_address,
             kubelet_root_dir: abs("KUBELET_ROOT_DIR")?,
+            kubeconfig: match get("VIRTLET_KUBECONFIG") {
+                v if v.is_empty() => None,
+                _ => Some(abs("VIRTLET_KUBECONFIG")?),
+            },
             raw_devices,
             cpu_model,
             log_level,

@@ -143,6 +143,22 @@ pub async fn run(config: Config) -> Result<()> {
             vmwrapper.display()
         );
     }
+    let kube = match virtlet_kube::discover(config.kubeconfig.as_deref())
+        .context("cannot set up Kubernetes API access (--kubeconfig)")?
+    {
+        Some(api) => {
+            info!(server = %api.server, from = %api.origin, "ConfigMaps and Secrets named by pod annotations are read from the API server");
+            Some(Arc::new(virtlet_kube::KubeClient::new(api).context(
+                "cannot set up Kubernetes API access (--kubeconfig)",
+            )?))
+        }
+        None => {
+            info!(
+                "no Kubernetes API access (no --kubeconfig, not in a cluster): pods that name a ConfigMap or Secret in an annotation will be refused"
+            );
+            None
+        }
+    };
     let manager = Manager::start(
         ManagerConfig {
             vm_dir: config.vm_dir.clone(),
@@ -157,6 +173,7 @@ pub async fn run(config: Config) -> Result<()> {
                 bin_dirs: config.cni_bin_dirs.clone(),
                 plugin_timeout: std::time::Duration::from_secs(60),
             },
+            kube,
         },
         store.clone(),
         images.clone(),
