@@ -896,60 +896,57 @@ async fn unfiltered_lists_follow_every_change() {
     async fn lists(
         rt: &mut api::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     ) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+        fn ids<T>(items: Vec<T>, f: impl Fn(T) -> (String, i32)) -> Vec<(String, i32)> {
+            let mut v: Vec<_> = items.into_iter().map(f).collect();
+            v.sort();
+            v
+        }
+        let pod_filter = api::PodSandboxFilter {
+            label_selector: HashMap::from([("tier".into(), "vm".into())]),
+            ..Default::default()
+        };
+        let container_filter = api::ContainerFilter {
+            label_selector: HashMap::from([("c".into(), "vm".into())]),
+            ..Default::default()
+        };
         let mut out = (Vec::new(), Vec::new());
         // Twice each: the second answer comes from the cache.
         for _ in 0..2 {
-            let mut pods: Vec<(String, i32)> = rt
-                .list_pod_sandbox(api::ListPodSandboxRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .items
-                .into_iter()
-                .map(|p| (p.id, p.state))
-                .collect();
-            pods.sort();
-            let mut filtered: Vec<(String, i32)> = rt
-                .list_pod_sandbox(api::ListPodSandboxRequest {
-                    filter: Some(api::PodSandboxFilter {
-                        label_selector: HashMap::from([("tier".into(), "vm".into())]),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .items
-                .into_iter()
-                .map(|p| (p.id, p.state))
-                .collect();
-            filtered.sort();
+            let list = |filter| api::ListPodSandboxRequest { filter };
+            let pods = ids(
+                rt.list_pod_sandbox(list(None))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .items,
+                |p| (p.id, p.state),
+            );
+            let filtered = ids(
+                rt.list_pod_sandbox(list(Some(pod_filter.clone())))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .items,
+                |p| (p.id, p.state),
+            );
             assert_eq!(pods, filtered, "cached and filtered ListPodSandbox differ");
-            let mut containers: Vec<(String, i32)> = rt
-                .list_containers(api::ListContainersRequest { filter: None })
-                .await
-                .unwrap()
-                .into_inner()
-                .containers
-                .into_iter()
-                .map(|c| (c.id, c.state))
-                .collect();
-            containers.sort();
-            let mut filtered: Vec<(String, i32)> = rt
-                .list_containers(api::ListContainersRequest {
-                    filter: Some(api::ContainerFilter {
-                        label_selector: HashMap::from([("c".into(), "vm".into())]),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .containers
-                .into_iter()
-                .map(|c| (c.id, c.state))
-                .collect();
-            filtered.sort();
+            let list = |filter| api::ListContainersRequest { filter };
+            let containers = ids(
+                rt.list_containers(list(None))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .containers,
+                |c| (c.id, c.state),
+            );
+            let filtered = ids(
+                rt.list_containers(list(Some(container_filter.clone())))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .containers,
+                |c| (c.id, c.state),
+            );
             assert_eq!(
                 containers, filtered,
                 "cached and filtered ListContainers differ"
