@@ -267,7 +267,8 @@ pub fn load_kubeconfig(path: &Path) -> Result<ApiConfig, KubeError> {
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The in-cluster settings when virtlet runs in a pod: `KUBERNETES_SERVICE_HOST` /
-/// `_PORT` and the service account's token and CA. `None` when not in a cluster.
+/// `_PORT` and the service account's token and CA. `None` when not in a cluster, or when no
+/// token is mounted.
 pub fn in_cluster(
     host: Option<&str>,
     port: Option<&str>,
@@ -278,9 +279,12 @@ pub fn in_cluster(
         return Ok(None);
     };
     let origin = "in-cluster service account";
-    let token = files
-        .read(&sa_dir.join("token"))
-        .map_err(|e| bad(origin, format!("token in {}: {e}", sa_dir.display())))?;
+    // A pod without a mounted service account token has no API access, like a host.
+    let token = match files.read(&sa_dir.join("token")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(origin, format!("token in {}: {e}", sa_dir.display()))),
+    };
     let ca_pem = files.read(&sa_dir.join("ca.crt")).ok();
     let host = if host.contains(':') {
         format!("[{host}]")
@@ -410,8 +414,11 @@ contexts:
         assert_eq!(c.server, "https://[fd00::1]:443");
         assert_eq!(c.auth, Auth::Bearer("sa-token".into()));
         assert_eq!(c.ca_pem.as_deref(), Some("SA-CA"));
-        let err = in_cluster(Some("h"), Some("1"), Path::new("/none"), &sa).unwrap_err();
-        assert!(err.to_string().contains("token in /none"), "{err}");
+        assert_eq!(
+            in_cluster(Some("h"), Some("1"), Path::new("/none"), &sa).unwrap(),
+            None,
+            "no mounted token: no API access"
+        );
     }
 
     #[test]
