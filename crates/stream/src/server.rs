@@ -412,14 +412,7 @@ where
     match stdin {
         Some(mut inp) => {
             // Also ends when the console does (the VM stopped).
-            let console_gone = async {
-                match out_task.as_mut() {
-                    Some(t) => {
-                        let _ = t.await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let console_gone = console_gone(&mut out_task);
             tokio::pin!(console_gone);
             loop {
                 let data = tokio::select! {
@@ -488,37 +481,34 @@ where
             }
         })
     });
-    let console_gone = async {
-        match out_task.as_mut() {
-            Some(t) => {
-                let _ = t.await;
+    {
+        let console_gone = console_gone(&mut out_task);
+        tokio::pin!(console_gone);
+        loop {
+            let next = tokio::select! {
+                m = reader.recv() => m,
+                () = &mut console_gone => Ok(None),
+            };
+            match next {
+                Ok(Some(Message::Binary(m))) if !m.is_empty() => match m[0] {
+                    STDIN if want.stdin => {
+                        let (keep, detach) = split_detach(&m[1..]);
+                        if !keep.is_empty()
+                            && input.send(Bytes::copy_from_slice(keep)).await.is_err()
+                        {
+                            break;
+                        }
+                        if detach {
+                            break;
+                        }
+                    }
+                    RESIZE => {}
+                    CLOSE if v5 && m.get(1) == Some(&STDIN) => {}
+                    _ => {}
+                },
+                Ok(Some(Message::Close(_))) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
             }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::pin!(console_gone);
-    loop {
-        let next = tokio::select! {
-            m = reader.recv() => m,
-            () = &mut console_gone => Ok(None),
-        };
-        match next {
-            Ok(Some(Message::Binary(m))) if !m.is_empty() => match m[0] {
-                STDIN if want.stdin => {
-                    let (keep, detach) = split_detach(&m[1..]);
-                    if !keep.is_empty() && input.send(Bytes::copy_from_slice(keep)).await.is_err() {
-                        break;
-                    }
-                    if detach {
-                        break;
-                    }
-                }
-                RESIZE => {}
-                CLOSE if v5 && m.get(1) == Some(&STDIN) => {}
-                _ => {}
-            },
-            Ok(Some(Message::Close(_))) | Ok(None) | Err(_) => break,
-            Ok(Some(_)) => {}
         }
     }
     if let Some(t) = out_task {
@@ -673,6 +663,17 @@ where
         t.abort();
     }
     let _ = writer.send(Message::Close(None)).await;
+}
+
+/// Resolves when the task copying console output to the client ends (the console closed: the
+/// VM stopped); never, when the client asked for no output.
+async fn console_gone(out_task: &mut Option<tokio::task::JoinHandle<()>>) {
+    match out_task.as_mut() {
+        Some(t) => {
+            let _ = t.await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 #[cfg(test)]
