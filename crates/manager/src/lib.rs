@@ -101,6 +101,13 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What StartContainer got done while libvirt was still starting the domain.
+#[derive(Debug, Default, Clone, Copy)]
+struct Early {
+    console: bool,
+    running: bool,
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     Ok(tokio::task::spawn_blocking(f).await?)
 }
@@ -1016,13 +1023,37 @@ impl Manager {
         async {
             let lv = self.libvirt.clone();
             let name = rec.domain_name.clone();
-            let paused = rec.console_socket.is_some();
-            if let Err(e) = blocking(move || {
-                let _phase = tracing::debug_span!("start_domain", paused).entered();
-                lv.start(&name, paused)
-            })
-            .await?
-            {
+            let start = blocking(move || {
+                let _phase = tracing::debug_span!("start_domain").entered();
+                lv.start(&name, false)
+            });
+            // libvirt starts QEMU stopped and spends about 400 QMP round trips checking the
+            // guest CPU before it lets the guest run. Meanwhile, as soon as QEMU has made its
+            // sockets, the console is attached and the guest let go through virtlet's own
+            // monitor (see virtlet_vm::control); libvirt follows QEMU's RESUME event.
+            let (started, early) = match rec.console_socket.clone() {
+                None => (start.await?, Early::default()),
+                Some(socket) => {
+                    let early = self
+                        .attach_and_let_run(&rec, &socket)
+                        .instrument(tracing::debug_span!("early_run"));
+                    tokio::pin!(start, early);
+                    tokio::select! {
+                        r = &mut start => {
+                            let r = r?;
+                            // Failed: QEMU is gone; whatever the early work got is undone below.
+                            let e = if r.is_ok() { early.await } else { Early::default() };
+                            (r, e)
+                        }
+                        e = &mut early => (start.await?, e),
+                    }
+                }
+            };
+            if let Err(e) = started {
+                if let Some(socket) = &rec.console_socket {
+                    lock(&self.consoles).remove(&rec.id);
+                    let _ = std::fs::remove_file(virtlet_vm::control::socket_for(socket));
+                }
                 rec.state = rec.state.transition(ContainerState::Exited)?;
                 rec.finished_at_ns = now_ns();
                 rec.exit = Some(Exit {
@@ -1033,18 +1064,19 @@ impl Manager {
                 self.save_container(&rec)?;
                 return Err(ManagerError::internal(format!("cannot start the VM: {e}")));
             }
-            if let Some(socket) = rec.console_socket.clone() {
+            if let Some(socket) = rec.console_socket.clone()
+                && !early.console
+            {
+                // Rare (the socket came late): the guest may have printed its first bytes.
                 self.attach_console(&rec, &socket)
                     .instrument(tracing::debug_span!("console"))
                     .await;
-                let lv = self.libvirt.clone();
-                let name = rec.domain_name.clone();
-                blocking(move || {
-                    let _phase = tracing::debug_span!("resume").entered();
-                    lv.resume(&name)
-                })
-                .await??;
             }
+            debug!(
+                early_console = early.console,
+                early_run = early.running,
+                "domain started"
+            );
             rec.state = rec.state.transition(ContainerState::Running)?;
             rec.started_at_ns = now_ns();
             self.save_container(&rec)?;
@@ -1055,7 +1087,8 @@ impl Manager {
         .await
     }
 
-    async fn attach_console(&self, rec: &ContainerRecord, socket: &Path) {
+    /// Attaches the console; true when it is.
+    async fn attach_console(&self, rec: &ContainerRecord, socket: &Path) -> bool {
         let log_path = rec.log_path.clone().unwrap_or_else(|| {
             self.config
                 .vm_dir
@@ -1066,16 +1099,38 @@ impl Manager {
             Ok(l) => l,
             Err(e) => {
                 warn!(path = %log_path.display(), "cannot open the container log; console output is lost: {e}");
-                return;
+                return false;
             }
         };
         match console::connect(socket, CONSOLE_PATIENCE).await {
             Ok(stream) => {
                 let hub = console::ConsoleHub::start(stream, log);
                 lock(&self.consoles).insert(rec.id.clone(), hub);
+                true
             }
-            Err(e) => warn!(socket = %socket.display(), "cannot connect to the VM console: {e}"),
+            Err(e) => {
+                warn!(socket = %socket.display(), "cannot connect to the VM console: {e}");
+                false
+            }
         }
+    }
+
+    /// While libvirt starts the (paused) domain: attaches the console once QEMU has made its
+    /// socket, then lets the guest run through virtlet's own monitor. Never lets a guest run
+    /// without its console; anything that fails is left to the usual path after the start.
+    async fn attach_and_let_run(&self, rec: &ContainerRecord, socket: &Path) -> Early {
+        let mut early = Early {
+            console: self.attach_console(rec, socket).await,
+            running: false,
+        };
+        if early.console {
+            let control = virtlet_vm::control::socket_for(socket);
+            match virtlet_vm::control::resume(&control, CONSOLE_PATIENCE).await {
+                Ok(()) => early.running = true,
+                Err(e) => debug!("the guest waits for libvirt's start instead: {e}"),
+            }
+        }
+        early
     }
 
     /// Stops the VM: the ACPI power button, pressed again every second until `timeout_s`,
@@ -1194,6 +1249,7 @@ impl Manager {
         blocking(move || lv.undefine(&name)).await??;
         if let Some(sock) = &rec.console_socket {
             let _ = std::fs::remove_file(sock);
+            let _ = std::fs::remove_file(virtlet_vm::control::socket_for(sock));
         }
         if let Some(seed) = &rec.seed {
             let _ = std::fs::remove_file(seed);

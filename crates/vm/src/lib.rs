@@ -2,6 +2,7 @@
 //! the libvirt driver, root disk overlays, the KVM probe, and console capture into CRI logs.
 
 pub mod console;
+pub mod control;
 pub mod disk;
 pub mod domain_xml;
 pub mod driver;
