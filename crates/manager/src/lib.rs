@@ -1008,10 +1008,14 @@ impl Manager {
     }
 
     /// Boots the VM; its serial console goes to the container log.
-    pub async fn start_container(&self, id: &str) -> Result<()> {
+    ///
+    /// Returns once the guest runs. With a console that is usually before libvirt has finished
+    /// its own start (see `virtlet_vm::control`): the rest of libvirt's start then goes on in the
+    /// background, holding the pod's lock, and if it fails the container exits with
+    /// `StartError`, like a VM that stopped right after starting.
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let sandbox_id = self.sandbox_of(id)?;
-        let pod_lock = self.pod_lock(&sandbox_id);
-        let _held = pod_lock.lock().await;
+        let held = self.pod_lock(&sandbox_id).lock_owned().await;
         let mut rec = self.container(id)?;
         if rec.state != ContainerState::Created {
             return Err(ManagerError::precondition(format!(
@@ -1023,37 +1027,63 @@ impl Manager {
         async {
             let lv = self.libvirt.clone();
             let name = rec.domain_name.clone();
-            let start = blocking(move || {
+            let mut start = tokio::task::spawn_blocking(move || {
                 let _phase = tracing::debug_span!("start_domain").entered();
                 lv.start(&name, false)
             });
             // libvirt starts QEMU stopped and spends about 400 QMP round trips checking the
             // guest CPU before it lets the guest run. Meanwhile, as soon as QEMU has made its
             // sockets, the console is attached and the guest let go through virtlet's own
-            // monitor (see virtlet_vm::control); libvirt follows QEMU's RESUME event.
-            let (started, early) = match rec.console_socket.clone() {
-                None => (start.await?, Early::default()),
-                Some(socket) => {
-                    let early = self
-                        .attach_and_let_run(&rec, &socket)
-                        .instrument(tracing::debug_span!("early_run"));
-                    tokio::pin!(start, early);
-                    tokio::select! {
-                        r = &mut start => {
-                            let r = r?;
-                            // Failed: QEMU is gone; whatever the early work got is undone below.
-                            let e = if r.is_ok() { early.await } else { Early::default() };
-                            (r, e)
+            // monitor; libvirt follows QEMU's RESUME event.
+            let mut early = Early::default();
+            let mut started = None;
+            if let Some(socket) = rec.console_socket.clone() {
+                let attach = self
+                    .attach_and_let_run(&rec, &socket)
+                    .instrument(tracing::debug_span!("early_run"));
+                tokio::pin!(attach);
+                tokio::select! {
+                    r = &mut start => {
+                        let r = r?;
+                        // Failed: QEMU is gone; whatever the early work got is undone below.
+                        if r.is_ok() {
+                            early = attach.await;
                         }
-                        e = &mut early => (start.await?, e),
+                        started = Some(r);
                     }
+                    e = &mut attach => early = e,
                 }
+            }
+            let started = match started {
+                Some(r) => r,
+                None if early.running => {
+                    rec.state = rec.state.transition(ContainerState::Running)?;
+                    rec.started_at_ns = now_ns();
+                    self.save_container(&rec)?;
+                    info!("VM started; libvirt is finishing its start");
+                    let me = Arc::clone(self);
+                    let id = rec.id.clone();
+                    tokio::spawn(
+                        async move {
+                            let _held = held;
+                            let error = match start.await {
+                                Ok(Ok(())) => {
+                                    debug!("libvirt has finished starting the domain");
+                                    return;
+                                }
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            me.start_failed_late(&id, error);
+                        }
+                        .in_current_span(),
+                    );
+                    return Ok(());
+                }
+                None => start.await?,
             };
             if let Err(e) = started {
-                if let Some(socket) = &rec.console_socket {
-                    lock(&self.consoles).remove(&rec.id);
-                    let _ = std::fs::remove_file(virtlet_vm::control::socket_for(socket));
-                }
+                self.forget_console(&rec);
                 rec.state = rec.state.transition(ContainerState::Exited)?;
                 rec.finished_at_ns = now_ns();
                 rec.exit = Some(Exit {
@@ -1072,11 +1102,6 @@ impl Manager {
                     .instrument(tracing::debug_span!("console"))
                     .await;
             }
-            debug!(
-                early_console = early.console,
-                early_run = early.running,
-                "domain started"
-            );
             rec.state = rec.state.transition(ContainerState::Running)?;
             rec.started_at_ns = now_ns();
             self.save_container(&rec)?;
@@ -1085,6 +1110,36 @@ impl Manager {
         }
         .instrument(span)
         .await
+    }
+
+    /// libvirt failed to finish starting a VM whose guest already ran: the container exits.
+    fn start_failed_late(&self, id: &str, error: String) {
+        warn!("libvirt could not finish starting the VM: {error}");
+        let Ok(mut rec) = self.container(id) else {
+            return;
+        };
+        self.forget_console(&rec);
+        if rec.state != ContainerState::Running {
+            return;
+        }
+        rec.state = ContainerState::Exited;
+        rec.finished_at_ns = now_ns();
+        rec.exit = Some(Exit {
+            code: 128,
+            reason: "StartError".into(),
+            message: format!("cannot start the VM: {error}"),
+        });
+        if let Err(e) = self.save_container(&rec) {
+            warn!("cannot record the failed start of {id}: {e}");
+        }
+    }
+
+    /// Drops a container's console and virtlet's monitor socket (its VM is gone).
+    fn forget_console(&self, rec: &ContainerRecord) {
+        if let Some(socket) = &rec.console_socket {
+            lock(&self.consoles).remove(&rec.id);
+            let _ = std::fs::remove_file(virtlet_vm::control::socket_for(socket));
+        }
     }
 
     /// Attaches the console; true when it is.
