@@ -1063,6 +1063,9 @@ impl Manager {
                     info!("VM started; libvirt is finishing its start");
                     let me = Arc::clone(self);
                     let id = rec.id.clone();
+                    // Its own span: the CRI call's span closes when the call returns.
+                    let finish = info_span!(parent: None, "finish_start", id = %&id[..13.min(id.len())], domain = %rec.domain_name);
+                    finish.follows_from(tracing::Span::current());
                     tokio::spawn(
                         async move {
                             let _held = held;
@@ -1076,7 +1079,7 @@ impl Manager {
                             };
                             me.start_failed_late(&id, error);
                         }
-                        .in_current_span(),
+                        .instrument(finish),
                     );
                     return Ok(());
                 }
