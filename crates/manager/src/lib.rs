@@ -101,13 +101,6 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What StartContainer got done while libvirt was still starting the domain.
-#[derive(Debug, Default, Clone, Copy)]
-struct Early {
-    console: bool,
-    running: bool,
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     Ok(tokio::task::spawn_blocking(f).await?)
 }
@@ -1008,14 +1001,10 @@ impl Manager {
     }
 
     /// Boots the VM; its serial console goes to the container log.
-    ///
-    /// Returns once the guest runs. With a console that is usually before libvirt has finished
-    /// its own start (see `virtlet_vm::control`): the rest of libvirt's start then goes on in the
-    /// background, holding the pod's lock, and if it fails the container exits with
-    /// `StartError`, like a VM that stopped right after starting.
-    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+    pub async fn start_container(&self, id: &str) -> Result<()> {
         let sandbox_id = self.sandbox_of(id)?;
-        let held = self.pod_lock(&sandbox_id).lock_owned().await;
+        let pod_lock = self.pod_lock(&sandbox_id);
+        let _held = pod_lock.lock().await;
         let mut rec = self.container(id)?;
         if rec.state != ContainerState::Created {
             return Err(ManagerError::precondition(format!(
@@ -1027,66 +1016,13 @@ impl Manager {
         async {
             let lv = self.libvirt.clone();
             let name = rec.domain_name.clone();
-            let mut start = tokio::task::spawn_blocking(move || {
-                let _phase = tracing::debug_span!("start_domain").entered();
-                lv.start(&name, false)
-            });
-            // libvirt starts QEMU stopped and spends about 400 QMP round trips checking the
-            // guest CPU before it lets the guest run. Meanwhile, as soon as QEMU has made its
-            // sockets, the console is attached and the guest let go through virtlet's own
-            // monitor; libvirt follows QEMU's RESUME event.
-            let mut early = Early::default();
-            let mut started = None;
-            if let Some(socket) = rec.console_socket.clone() {
-                let attach = self
-                    .attach_and_let_run(&rec, &socket)
-                    .instrument(tracing::debug_span!("early_run"));
-                tokio::pin!(attach);
-                tokio::select! {
-                    r = &mut start => {
-                        let r = r?;
-                        // Failed: QEMU is gone; whatever the early work got is undone below.
-                        if r.is_ok() {
-                            early = attach.await;
-                        }
-                        started = Some(r);
-                    }
-                    e = &mut attach => early = e,
-                }
-            }
-            let started = match started {
-                Some(r) => r,
-                None if early.running => {
-                    rec.state = rec.state.transition(ContainerState::Running)?;
-                    rec.started_at_ns = now_ns();
-                    self.save_container(&rec)?;
-                    info!("VM started; libvirt is finishing its start");
-                    let me = Arc::clone(self);
-                    let id = rec.id.clone();
-                    // Its own span: the CRI call's span closes when the call returns.
-                    let finish = info_span!(parent: None, "finish_start", id = %&id[..13.min(id.len())], domain = %rec.domain_name);
-                    finish.follows_from(tracing::Span::current());
-                    tokio::spawn(
-                        async move {
-                            let _held = held;
-                            let error = match start.await {
-                                Ok(Ok(())) => {
-                                    debug!("libvirt has finished starting the domain");
-                                    return;
-                                }
-                                Ok(Err(e)) => e.to_string(),
-                                Err(e) => e.to_string(),
-                            };
-                            me.start_failed_late(&id, error);
-                        }
-                        .instrument(finish),
-                    );
-                    return Ok(());
-                }
-                None => start.await?,
-            };
-            if let Err(e) = started {
-                self.forget_console(&rec);
+            let paused = rec.console_socket.is_some();
+            if let Err(e) = blocking(move || {
+                let _phase = tracing::debug_span!("start_domain", paused).entered();
+                lv.start(&name, paused)
+            })
+            .await?
+            {
                 rec.state = rec.state.transition(ContainerState::Exited)?;
                 rec.finished_at_ns = now_ns();
                 rec.exit = Some(Exit {
@@ -1097,13 +1033,17 @@ impl Manager {
                 self.save_container(&rec)?;
                 return Err(ManagerError::internal(format!("cannot start the VM: {e}")));
             }
-            if let Some(socket) = rec.console_socket.clone()
-                && !early.console
-            {
-                // Rare (the socket came late): the guest may have printed its first bytes.
+            if let Some(socket) = rec.console_socket.clone() {
                 self.attach_console(&rec, &socket)
                     .instrument(tracing::debug_span!("console"))
                     .await;
+                let lv = self.libvirt.clone();
+                let name = rec.domain_name.clone();
+                blocking(move || {
+                    let _phase = tracing::debug_span!("resume").entered();
+                    lv.resume(&name)
+                })
+                .await??;
             }
             rec.state = rec.state.transition(ContainerState::Running)?;
             rec.started_at_ns = now_ns();
@@ -1115,38 +1055,7 @@ impl Manager {
         .await
     }
 
-    /// libvirt failed to finish starting a VM whose guest already ran: the container exits.
-    fn start_failed_late(&self, id: &str, error: String) {
-        warn!("libvirt could not finish starting the VM: {error}");
-        let Ok(mut rec) = self.container(id) else {
-            return;
-        };
-        self.forget_console(&rec);
-        if rec.state != ContainerState::Running {
-            return;
-        }
-        rec.state = ContainerState::Exited;
-        rec.finished_at_ns = now_ns();
-        rec.exit = Some(Exit {
-            code: 128,
-            reason: "StartError".into(),
-            message: format!("cannot start the VM: {error}"),
-        });
-        if let Err(e) = self.save_container(&rec) {
-            warn!("cannot record the failed start of {id}: {e}");
-        }
-    }
-
-    /// Drops a container's console and virtlet's monitor socket (its VM is gone).
-    fn forget_console(&self, rec: &ContainerRecord) {
-        if let Some(socket) = &rec.console_socket {
-            lock(&self.consoles).remove(&rec.id);
-            let _ = std::fs::remove_file(virtlet_vm::control::socket_for(socket));
-        }
-    }
-
-    /// Attaches the console; true when it is.
-    async fn attach_console(&self, rec: &ContainerRecord, socket: &Path) -> bool {
+    async fn attach_console(&self, rec: &ContainerRecord, socket: &Path) {
         let log_path = rec.log_path.clone().unwrap_or_else(|| {
             self.config
                 .vm_dir
@@ -1157,38 +1066,16 @@ impl Manager {
             Ok(l) => l,
             Err(e) => {
                 warn!(path = %log_path.display(), "cannot open the container log; console output is lost: {e}");
-                return false;
+                return;
             }
         };
         match console::connect(socket, CONSOLE_PATIENCE).await {
             Ok(stream) => {
                 let hub = console::ConsoleHub::start(stream, log);
                 lock(&self.consoles).insert(rec.id.clone(), hub);
-                true
             }
-            Err(e) => {
-                warn!(socket = %socket.display(), "cannot connect to the VM console: {e}");
-                false
-            }
+            Err(e) => warn!(socket = %socket.display(), "cannot connect to the VM console: {e}"),
         }
-    }
-
-    /// While libvirt starts the (paused) domain: attaches the console once QEMU has made its
-    /// socket, then lets the guest run through virtlet's own monitor. Never lets a guest run
-    /// without its console; anything that fails is left to the usual path after the start.
-    async fn attach_and_let_run(&self, rec: &ContainerRecord, socket: &Path) -> Early {
-        let mut early = Early {
-            console: self.attach_console(rec, socket).await,
-            running: false,
-        };
-        if early.console {
-            let control = virtlet_vm::control::socket_for(socket);
-            match virtlet_vm::control::resume(&control, CONSOLE_PATIENCE).await {
-                Ok(()) => early.running = true,
-                Err(e) => debug!("the guest waits for libvirt's start instead: {e}"),
-            }
-        }
-        early
     }
 
     /// Stops the VM: the ACPI power button, pressed again every second until `timeout_s`,
@@ -1307,7 +1194,6 @@ impl Manager {
         blocking(move || lv.undefine(&name)).await??;
         if let Some(sock) = &rec.console_socket {
             let _ = std::fs::remove_file(sock);
-            let _ = std::fs::remove_file(virtlet_vm::control::socket_for(sock));
         }
         if let Some(seed) = &rec.seed {
             let _ = std::fs::remove_file(seed);

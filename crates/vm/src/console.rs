@@ -114,15 +114,14 @@ impl ConsoleLog {
     }
 }
 
-/// Connects to a unix socket QEMU listens on (or is about to), retrying every 5 ms until
-/// `patience` runs out.
+/// Connects to the console socket, retrying until `patience` runs out.
 pub async fn connect(socket: &Path, patience: Duration) -> std::io::Result<UnixStream> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match UnixStream::connect(socket).await {
             Ok(s) => return Ok(s),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

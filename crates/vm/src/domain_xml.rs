@@ -109,31 +109,20 @@ fn write_domain(w: &mut W, spec: &VmSpec) -> io::Result<()> {
         text(w, "on_crash", "destroy")?;
         w.create_element("devices")
             .write_inner_content(|w| write_devices(w, spec))?;
-        // virtlet's own monitor (see `control`), then the NICs handed to QEMU in the netns.
-        let mut args: Vec<String> = spec
-            .console_socket
-            .as_deref()
-            .map(|console| crate::control::qemu_args(&crate::control::socket_for(console)))
-            .unwrap_or_default();
-        if spec.netns.is_some() {
-            args.extend(nic_args(&spec.nics));
-        }
-        if !args.is_empty() || spec.netns.is_some() {
+        if let Some(netns) = &spec.netns {
             w.create_element("qemu:commandline")
                 .write_inner_content(|w| {
-                    for arg in &args {
+                    for arg in nic_args(&spec.nics) {
                         w.create_element("qemu:arg")
                             .with_attribute(("value", arg.as_str()))
                             .write_empty()?;
                     }
-                    if let Some(netns) = &spec.netns {
-                        w.create_element("qemu:env")
-                            .with_attributes([
-                                ("name", NETNS_ENV),
-                                ("value", &*netns.to_string_lossy()),
-                            ])
-                            .write_empty()?;
-                    }
+                    w.create_element("qemu:env")
+                        .with_attributes([
+                            ("name", NETNS_ENV),
+                            ("value", &*netns.to_string_lossy()),
+                        ])
+                        .write_empty()?;
                     Ok(())
                 })?;
         }

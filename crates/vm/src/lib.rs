@@ -2,7 +2,6 @@
 //! the libvirt driver, root disk overlays, the KVM probe, and console capture into CRI logs.
 
 pub mod console;
-pub mod control;
 pub mod disk;
 pub mod domain_xml;
 pub mod driver;
