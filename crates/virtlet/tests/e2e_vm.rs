@@ -338,14 +338,6 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
             .create_container(api::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(api::ContainerConfig {
-                    metadata: Some(api::ContainerMetadata {
-                        name: "vm".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(api::ImageSpec {
-                        image: name.clone(),
-                        ..Default::default()
-                    }),
                     log_path: "vm.log".into(),
                     command: vec!["/bin/echo".into()],
                     args: vec!["CI-ARGS-RAN".into()],
@@ -372,7 +364,7 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
                         }),
                         ..Default::default()
                     }),
-                    ..Default::default()
+                    ..common::vm_container(&name)
                 }),
                 sandbox_config: Some(config),
             })

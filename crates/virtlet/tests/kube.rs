@@ -117,17 +117,7 @@ async fn create(d: &Daemon, pod: &str, image: &str) -> Result<String, tonic::Sta
         .await
         .create_container(api::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
-            config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata {
-                    name: "vm".into(),
-                    attempt: 0,
-                }),
-                image: Some(api::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            config: Some(common::vm_container(image)),
             sandbox_config: None,
         })
         .await

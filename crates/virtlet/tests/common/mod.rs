@@ -342,3 +342,18 @@ pub fn assert_status(
         );
     }
 }
+
+/// The pod's one container, named `vm`, running `image` (attempt 0); callers add the rest.
+pub fn vm_container(image: &str) -> k8s_cri::v1::ContainerConfig {
+    k8s_cri::v1::ContainerConfig {
+        metadata: Some(k8s_cri::v1::ContainerMetadata {
+            name: "vm".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -149,16 +149,8 @@ pub async fn run_vm_pod(
         .create_container(api::CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(api::ContainerConfig {
-                metadata: Some(api::ContainerMetadata {
-                    name: "vm".into(),
-                    attempt: 0,
-                }),
-                image: Some(api::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
                 log_path: "vm.log".into(),
-                ..Default::default()
+                ..super::vm_container(image)
             }),
             sandbox_config: Some(config),
         })
