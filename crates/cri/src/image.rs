@@ -37,7 +37,7 @@ fn spec_image(spec: Option<&ImageSpec>, field: &str) -> Result<String, Status> {
 fn to_cri(info: &ImageInfo) -> Image {
     Image {
         id: info.id(),
-        repo_tags: info.names.clone(),
+        repo_tags: info.repo_tags(),
         repo_digests: info.repo_digests(),
         size: info.size,
         spec: Some(ImageSpec {
@@ -56,6 +56,7 @@ fn verbose_info(info: &ImageInfo) -> HashMap<String, String> {
         "virtualSize": info.virtual_size,
         "pulledAtNs": info.pulled_at_ns,
         "names": info.names,
+        "repoTags": info.repo_tags(),
     });
     HashMap::from([("info".to_owned(), details.to_string())])
 }

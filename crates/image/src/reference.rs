@@ -1,9 +1,16 @@
 //! Image references as the kubelet hands them over, e.g. `virtlet.cloud/cirros:latest` or
 //! `virtlet.cloud/example.com/disk.qcow2@sha256:<hex>`.
 //!
-//! Rules (Mirantis Virtlet compatible): the tag is ignored; a `@sha256:` digest pins the content;
-//! the `virtlet.cloud/` prefix marks a VM image and is stripped before translation; what is left
-//! is a translation name or a URL (a default protocol is prepended when it has no `://`).
+//! Rules:
+//! - the **repository** is the reference without tag and digest; translation configs match on
+//!   it with the `virtlet.cloud/` prefix stripped, and a tag never changes where an image comes
+//!   from (Mirantis Virtlet compatible);
+//! - the **tag** is kept, as CRI expects: an image pulled as `name` is `name:latest`, and
+//!   `repoTags` show `name:tag` as pulled;
+//! - a `@sha256:` digest pins the content: what is downloaded must have that sha256.
+//!
+//! A pulled reference is stored under its [key](ImageRef::key): `repo:tag`, or `repo@sha256:<hex>`
+//! when it was pulled by digest (then it has no tag, as in CRI).
 
 use crate::digest::{Digest, DigestError};
 
@@ -35,8 +42,10 @@ pub enum ReferenceError {
 /// A parsed reference to a named image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
-    /// The name the store keys on: the reference without tag and digest.
-    pub name: String,
+    /// The reference without tag and digest (`virtlet.cloud/cirros`).
+    pub repo: String,
+    /// The tag as written, if one was.
+    pub tag: Option<String>,
     /// The pinned content, when the reference has `@sha256:`.
     pub digest: Option<Digest>,
 }
@@ -46,9 +55,17 @@ pub struct ImageRef {
 pub enum ImageQuery {
     /// `sha256:<hex>`: the content, under whatever names.
     Id(Digest),
-    /// A name, optionally pinned.
-    Ref(ImageRef),
+    /// A name, optionally tagged or pinned. `id_prefix` is set when the text could also be the
+    /// start of an image ID (hex digits, as `crictl` prints them): the store tries that when no
+    /// name matches.
+    Ref {
+        reference: ImageRef,
+        id_prefix: Option<String>,
+    },
 }
+
+/// The tag CRI implies when none is given.
+pub const DEFAULT_TAG: &str = "latest";
 
 impl ImageRef {
     pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
@@ -78,39 +95,75 @@ impl ImageRef {
             }
             None => (reference, None),
         };
-        let name = strip_tag(rest);
+        let repo = strip_tag(rest);
         // `a:b:c` would become `a:b`, whose pinned form `a:b@sha256:..` names `a`.
-        if strip_tag(name) != name {
+        if strip_tag(repo) != repo {
             return Err(ReferenceError::TwoTags {
                 reference: reference.to_owned(),
             });
         }
-        let bare = name.strip_prefix(VIRTLET_PREFIX).unwrap_or(name);
+        let bare = repo.strip_prefix(VIRTLET_PREFIX).unwrap_or(repo);
         if bare.is_empty() || bare.ends_with("://") {
             return Err(ReferenceError::NoName {
                 reference: reference.to_owned(),
             });
         }
+        let tag = (repo.len() < rest.len()).then(|| rest[repo.len() + 1..].to_owned());
         Ok(ImageRef {
-            name: name.to_owned(),
+            repo: repo.to_owned(),
+            tag,
             digest,
         })
     }
 
-    /// The name without the `virtlet.cloud/` prefix: what translation configs match on.
+    /// The repository without the `virtlet.cloud/` prefix: what translation configs match on.
     pub fn location(&self) -> &str {
-        self.name.strip_prefix(VIRTLET_PREFIX).unwrap_or(&self.name)
+        self.repo.strip_prefix(VIRTLET_PREFIX).unwrap_or(&self.repo)
     }
 
-    /// `name@sha256:<hex>`, the form PullImage returns.
-    pub fn pinned(&self, digest: &Digest) -> String {
-        format!("{}@{}", self.name, digest.id())
+    /// `repo:tag`, with `latest` when no tag was given.
+    pub fn tagged(&self) -> String {
+        format!(
+            "{}:{}",
+            self.repo,
+            self.tag.as_deref().unwrap_or(DEFAULT_TAG)
+        )
     }
+
+    /// The name a pull of this reference is stored under: `repo@sha256:<hex>` when pinned,
+    /// else [`tagged`](Self::tagged).
+    pub fn key(&self) -> String {
+        match &self.digest {
+            Some(d) => self.pinned(d),
+            None => self.tagged(),
+        }
+    }
+
+    /// `repo@sha256:<hex>`: a repo digest.
+    pub fn pinned(&self, digest: &Digest) -> String {
+        format!("{}@{}", self.repo, digest.id())
+    }
+}
+
+/// A stored key split into repository, tag (for `repo:tag` keys) and digest (for pinned keys).
+pub fn parse_key(key: &str) -> Option<ImageRef> {
+    ImageRef::parse(key).ok()
 }
 
 impl ImageQuery {
     pub fn parse(query: &str) -> Result<ImageQuery, ReferenceError> {
-        if query.starts_with("sha256:") {
+        if let Some(hex) = query.strip_prefix("sha256:") {
+            if hex.len() < 64 && is_hex_prefix(hex) {
+                // A shortened ID: only an ID can match it.
+                return Ok(ImageQuery::Ref {
+                    reference: ImageRef {
+                        repo: query.to_owned(),
+                        tag: None,
+                        digest: None,
+                    },
+                    id_prefix: Some(hex.to_owned()),
+                });
+            }
             return Digest::from_id(query)
                 .map(ImageQuery::Id)
                 .map_err(|source| ReferenceError::Digest {
@@ -118,23 +171,49 @@ impl ImageQuery {
                     source,
                 });
         }
-        ImageRef::parse(query).map(ImageQuery::Ref)
+        if query.len() == 64
+            && let Ok(d) = Digest::from_hex(query)
+        {
+            return Ok(ImageQuery::Id(d));
+        }
+        let reference = ImageRef::parse(query)?;
+        let id_prefix = is_hex_prefix(query).then(|| query.to_owned());
+        Ok(ImageQuery::Ref {
+            reference,
+            id_prefix,
+        })
     }
 }
 
-/// Removes a `:tag` from the last path component. A colon right after `://` with no path after
-/// it is a port (`https://host:8443`), not a tag.
+/// At least 4 lowercase hex digits (and at most 64): could start an image ID.
+fn is_hex_prefix(s: &str) -> bool {
+    (4..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Removes a `:tag` from the last path component. Right after `://` the last component is a
+/// host: there a lone `:<digits>` is its port, not a tag (`https://host:8443`), while
+/// `https://host:8443:v1` has the tag `v1`.
 fn strip_tag(name: &str) -> &str {
     let last_slash = name.rfind('/');
     let last_component_start = last_slash.map_or(0, |i| i + 1);
-    if name[..last_component_start].ends_with("://") {
+    let component = &name[last_component_start..];
+    let Some(i) = component.rfind(':') else {
+        return name;
+    };
+    let candidate = &component[i + 1..];
+    if name[..last_component_start].ends_with("://")
+        && !component[..i].contains(':')
+        && !candidate.is_empty()
+        && candidate.bytes().all(|b| b.is_ascii_digit())
+    {
         return name;
     }
-    match name[last_component_start..].rfind(':') {
-        Some(i) if is_tag(&name[last_component_start + i + 1..]) => {
-            &name[..last_component_start + i]
-        }
-        _ => name,
+    if is_tag(candidate) {
+        &name[..last_component_start + i]
+    } else {
+        name
     }
 }
 
@@ -154,27 +233,51 @@ mod tests {
 
     #[test]
     fn strips_tags_not_ports() {
-        for (input, name) in [
-            ("virtlet.cloud/cirros", "virtlet.cloud/cirros"),
-            ("virtlet.cloud/cirros:latest", "virtlet.cloud/cirros"),
+        for (input, repo, tag) in [
+            ("virtlet.cloud/cirros", "virtlet.cloud/cirros", None),
+            (
+                "virtlet.cloud/cirros:latest",
+                "virtlet.cloud/cirros",
+                Some("latest"),
+            ),
             (
                 "virtlet.cloud/example.com:8080/img/disk.qcow2",
                 "virtlet.cloud/example.com:8080/img/disk.qcow2",
+                None,
             ),
             (
                 "virtlet.cloud/example.com:8080/img/disk.qcow2:v1.2",
                 "virtlet.cloud/example.com:8080/img/disk.qcow2",
+                Some("v1.2"),
             ),
             (
                 "virtlet.cloud/https://example.com:8443",
                 "virtlet.cloud/https://example.com:8443",
+                None,
             ),
-            ("plain-name:tag", "plain-name"),
+            ("plain-name:tag", "plain-name", Some("tag")),
         ] {
             let r = ImageRef::parse(input).unwrap();
-            assert_eq!(r.name, name, "{input}");
+            assert_eq!(r.repo, repo, "{input}");
+            assert_eq!(r.tag.as_deref(), tag, "{input}");
             assert_eq!(r.digest, None);
         }
+    }
+
+    #[test]
+    fn keys_and_tagged_names() {
+        let r = ImageRef::parse("virtlet.cloud/cirros").unwrap();
+        assert_eq!(r.tagged(), "virtlet.cloud/cirros:latest");
+        assert_eq!(r.key(), "virtlet.cloud/cirros:latest");
+        let r = ImageRef::parse("reg.io/a/b:1.2").unwrap();
+        assert_eq!(r.key(), "reg.io/a/b:1.2");
+        // A URL with only a port after the host has no tag; its key still parses back.
+        let r = ImageRef::parse("virtlet.cloud/https://example.com:8443").unwrap();
+        let k = ImageRef::parse(&r.key()).unwrap();
+        assert_eq!((k.repo, k.tag.as_deref()), (r.repo, Some("latest")));
+        let r = ImageRef::parse(&format!("reg.io/a:1@sha256:{HEX}")).unwrap();
+        assert_eq!(r.key(), format!("reg.io/a@sha256:{HEX}"));
+        assert_eq!(r.tagged(), "reg.io/a:1");
     }
 
     #[test]
@@ -188,7 +291,7 @@ mod tests {
     #[test]
     fn digests_pin() {
         let r = ImageRef::parse(&format!("virtlet.cloud/cirros:1@sha256:{HEX}")).unwrap();
-        assert_eq!(r.name, "virtlet.cloud/cirros");
+        assert_eq!(r.repo, "virtlet.cloud/cirros");
         let d = r.digest.unwrap();
         assert_eq!(r.pinned(&d), format!("virtlet.cloud/cirros@sha256:{HEX}"));
     }
@@ -221,10 +324,20 @@ mod tests {
             ImageQuery::parse(&format!("sha256:{HEX}")).unwrap(),
             ImageQuery::Id(_)
         ));
+        assert!(matches!(ImageQuery::parse(HEX).unwrap(), ImageQuery::Id(_)));
         assert!(ImageQuery::parse("sha256:zz").is_err());
         assert!(matches!(
             ImageQuery::parse("virtlet.cloud/x").unwrap(),
-            ImageQuery::Ref(_)
+            ImageQuery::Ref {
+                id_prefix: None,
+                ..
+            }
         ));
+        for short in ["e3b0c44298fc1", "sha256:e3b0c44298fc1"] {
+            let ImageQuery::Ref { id_prefix, .. } = ImageQuery::parse(short).unwrap() else {
+                panic!("{short}")
+            };
+            assert_eq!(id_prefix.as_deref(), Some("e3b0c44298fc1"));
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::download::{DownloadError, download};
 use crate::error::{ImageError, PullCause};
 use crate::fetch::{self, location_url};
 use crate::format;
-use crate::reference::{ImageQuery, ImageRef};
+use crate::reference::{ImageQuery, ImageRef, parse_key};
 use crate::translation::Translations;
 
 /// Settings of the image store.
@@ -41,6 +41,7 @@ pub struct ImageStoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     pub digest: Digest,
+    /// The stored keys: `repo:tag` for tagged pulls, `repo@sha256:<hex>` for pulls by digest.
     pub names: Vec<String>,
     pub size: u64,
     pub format: String,
@@ -55,19 +56,46 @@ impl ImageInfo {
         self.digest.id()
     }
 
-    /// `name@sha256:<hex>` for each name.
-    pub fn repo_digests(&self) -> Vec<String> {
+    /// `repo:tag` for every tag this content was pulled under, sorted.
+    pub fn repo_tags(&self) -> Vec<String> {
         self.names
             .iter()
-            .map(|n| format!("{n}@{}", self.digest.id()))
+            .filter(|n| !n.contains('@'))
+            .cloned()
             .collect()
+    }
+
+    /// `repo@sha256:<hex>` for every repository this content was pulled from, sorted.
+    pub fn repo_digests(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .names
+            .iter()
+            .filter_map(|n| parse_key(n))
+            .map(|r| r.pinned(&self.digest))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What a container made from this image reports as its `imageRef`: the repo digest of
+    /// the repository it was asked for by, else the first repo digest, else the ID.
+    pub fn image_ref_for(&self, requested: &str) -> String {
+        let digests = self.repo_digests();
+        let wanted = ImageRef::parse(requested)
+            .ok()
+            .map(|r| r.pinned(&self.digest));
+        match wanted {
+            Some(w) if digests.contains(&w) => w,
+            _ => digests.into_iter().next().unwrap_or_else(|| self.id()),
+        }
     }
 }
 
 /// What a pull produced.
 #[derive(Debug, Clone)]
 pub struct Pulled {
-    /// `name@sha256:<hex>`, the PullImage answer.
+    /// The image ID, `sha256:<hex>`: the PullImage answer (CRI wants the ID `ImageStatus` shows).
     pub image_ref: String,
     pub digest: Digest,
 }
@@ -91,6 +119,12 @@ pub struct GcReport {
 
 type SharedPull = Shared<BoxFuture<'static, Result<Pulled, Arc<ImageError>>>>;
 
+struct Inflight {
+    /// The keys (`repo:tag` / `repo@sha256:..`) of every pull waiting on this download.
+    keys: Vec<String>,
+    shared: SharedPull,
+}
+
 pub struct ImageStore {
     config: ImageStoreConfig,
     blobs: PathBuf,
@@ -98,8 +132,9 @@ pub struct ImageStore {
     meta: Arc<Store>,
     /// Serializes decisions about names and blobs (place, remove, acquire, GC).
     placement: Mutex<()>,
-    /// Pulls under way, by name (and pinned digest): a second pull joins the first.
-    inflight: Mutex<HashMap<String, SharedPull>>,
+    /// Downloads under way, by repository (and pinned digest): a second pull of the same
+    /// repository joins the first, whatever its tag, and its key is recorded with the first's.
+    inflight: Mutex<HashMap<String, Inflight>>,
 }
 
 fn now_ns() -> i64 {
@@ -161,30 +196,33 @@ impl ImageStore {
         self.blobs.join(digest.hex())
     }
 
-    /// Pulls `reference`. Concurrent pulls of the same reference share one download; the
-    /// download goes on even if the caller gives up, so the next caller finds it done.
+    /// Pulls `reference`. Concurrent pulls of the same repository share one download (a tag
+    /// never changes where an image comes from) and each gets its own name; the download goes
+    /// on even if the callers give up, so the next caller finds it done.
     pub async fn pull(self: &Arc<Self>, reference: &str) -> Result<Pulled, Arc<ImageError>> {
         let image = ImageRef::parse(reference).map_err(|e| Arc::new(e.into()))?;
-        let key = match &image.digest {
+        let download_key = match &image.digest {
             Some(d) => image.pinned(d),
-            None => image.name.clone(),
+            None => image.repo.clone(),
         };
         let shared = {
             let mut inflight = lock(&self.inflight);
-            match inflight.get(&key) {
+            match inflight.get_mut(&download_key) {
                 Some(running) => {
-                    info!(image = %key, "joining a pull already under way");
-                    running.clone()
+                    info!(image = %reference, "joining a pull already under way");
+                    running.keys.push(image.key());
+                    running.shared.clone()
                 }
                 None => {
                     let this = Arc::clone(self);
-                    let task_key = key.clone();
-                    // The task removes its entry when done; it cannot do so before the insert
-                    // below, since that needs the lock held here.
+                    let task_key = download_key.clone();
+                    let shown = reference.to_owned();
+                    // The task takes its entry out when the download is done; it cannot do so
+                    // before the insert below, since that needs the lock held here.
                     let task = tokio::spawn(async move {
-                        let result = this.pull_now(&image).await.map_err(Arc::new);
-                        lock(&this.inflight).remove(&task_key);
-                        result
+                        this.pull_now(&image, &shown, &task_key)
+                            .await
+                            .map_err(Arc::new)
                     });
                     let shared = async move {
                         task.await.unwrap_or_else(|e| {
@@ -196,7 +234,13 @@ impl ImageStore {
                     }
                     .boxed()
                     .shared();
-                    inflight.insert(key, shared.clone());
+                    inflight.insert(
+                        download_key,
+                        Inflight {
+                            keys: Vec::new(),
+                            shared: shared.clone(),
+                        },
+                    );
                     shared
                 }
             }
@@ -204,20 +248,40 @@ impl ImageStore {
         shared.await
     }
 
-    async fn pull_now(&self, image: &ImageRef) -> Result<Pulled, ImageError> {
+    /// Downloads `image` (`shown` is the reference as given, for messages), then records its
+    /// key and the keys of every pull that joined this download (`download_key`).
+    async fn pull_now(
+        &self,
+        image: &ImageRef,
+        shown: &str,
+        download_key: &str,
+    ) -> Result<Pulled, ImageError> {
+        let result = self.download_and_place(image, shown, download_key).await;
+        if result.is_err() {
+            lock(&self.inflight).remove(download_key);
+        }
+        result
+    }
+
+    async fn download_and_place(
+        &self,
+        image: &ImageRef,
+        shown: &str,
+        download_key: &str,
+    ) -> Result<Pulled, ImageError> {
         let translations = Translations::load_dir(&self.config.translations_dir);
         for problem in &translations.problems {
             warn!("{problem}");
         }
         let fail = |cause: PullCause| ImageError::Pull {
-            image: image.name.clone(),
+            image: shown.to_owned(),
             cause: Box::new(cause),
             skipped_configs: translations.problems.clone(),
         };
         let endpoint = translations.translate(image.location());
         let url = location_url(&endpoint.url, &self.config.download_protocol)
             .map_err(|e| fail(e.into()))?;
-        info!(image = %image.name, %url, config = ?endpoint.config, "pulling image");
+        info!(image = %shown, %url, config = ?endpoint.config, "pulling image");
         let body = fetch::open(&url, &endpoint.transport)
             .await
             .map_err(|e| fail(e.into()))?;
@@ -266,15 +330,15 @@ impl ImageStore {
             }));
         }
 
-        let record = ImageRecord {
-            name: image.name.clone(),
-            digest: downloaded.digest.hex(),
-            size: downloaded.size,
-            format: detected.format.as_str().to_owned(),
-            virtual_size: detected.virtual_size,
-            source_url: url.to_string(),
-            pulled_at_ns: now_ns(),
-        };
+        // Every pull that joined this download is recorded with it; later pulls download
+        // again (the content behind a URL may change).
+        let mut keys = vec![image.key()];
+        if let Some(joined) = lock(&self.inflight).remove(download_key) {
+            keys.extend(joined.keys);
+        }
+        keys.sort();
+        keys.dedup();
+        let pulled_at_ns = now_ns();
         let _placing = lock(&self.placement);
         let blob = self.blob_path(&downloaded.digest);
         if !blob.exists() {
@@ -284,20 +348,31 @@ impl ImageStore {
             sync_dir(&self.blobs)
                 .map_err(|e| io_fail(format!("cannot sync {}", self.blobs.display()), e))?;
         }
-        match self.meta.put_image(&record) {
-            Ok(Some(old)) if old.digest != record.digest => {
-                self.delete_blob_if_unused(&old.digest);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.delete_blob_if_unused(&record.digest);
-                return Err(fail(PullCause::Store(e)));
+        for key in &keys {
+            let record = ImageRecord {
+                name: key.clone(),
+                digest: downloaded.digest.hex(),
+                size: downloaded.size,
+                format: detected.format.as_str().to_owned(),
+                virtual_size: detected.virtual_size,
+                source_url: url.to_string(),
+                pulled_at_ns,
+            };
+            match self.meta.put_image(&record) {
+                Ok(Some(old)) if old.digest != record.digest => {
+                    self.delete_blob_if_unused(&old.digest);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.delete_blob_if_unused(&record.digest);
+                    return Err(fail(PullCause::Store(e)));
+                }
             }
         }
-        info!(image = %image.name, digest = %downloaded.digest, size = downloaded.size,
+        info!(image = %shown, names = ?keys, digest = %downloaded.digest, size = downloaded.size,
               format = %detected.format, "image pulled");
         Ok(Pulled {
-            image_ref: image.pinned(&downloaded.digest),
+            image_ref: downloaded.digest.id(),
             digest: downloaded.digest,
         })
     }
@@ -322,35 +397,66 @@ impl ImageStore {
         }
     }
 
-    /// Every image, one entry per content, names sorted.
+    /// Every image, one entry per content, names sorted; with a filter, the image it names.
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageInfo>, ImageError> {
-        let images = self.group(self.meta.images()?);
         match filter {
-            None => Ok(images),
-            Some(f) => {
-                let query = ImageQuery::parse(f)?;
-                Ok(images.into_iter().filter(|i| matches(&query, i)).collect())
-            }
+            None => Ok(self.group(self.meta.images()?)),
+            Some(f) => Ok(self.status(f)?.into_iter().collect()),
         }
     }
 
-    /// The image `query` names, if present.
+    /// The image `query` names, if present: by ID (whole or a unique prefix of its hex), by
+    /// `repo:tag` (`repo` alone is `repo:latest`), or by `repo@sha256:<hex>` (any tag in it
+    /// is ignored).
     pub fn status(&self, query: &str) -> Result<Option<ImageInfo>, ImageError> {
         let query = ImageQuery::parse(query)?;
         self.find(&query)
     }
 
     fn find(&self, query: &ImageQuery) -> Result<Option<ImageInfo>, ImageError> {
+        let records = self.meta.images()?;
         let digest_hex = match query {
-            ImageQuery::Id(d) => d.hex(),
-            ImageQuery::Ref(r) => match self.meta.image(&r.name)? {
-                Some(rec) if r.digest.is_none_or(|d| d.hex() == rec.digest) => rec.digest,
-                _ => return Ok(None),
-            },
+            ImageQuery::Id(d) => Some(d.hex()),
+            ImageQuery::Ref {
+                reference,
+                id_prefix,
+            } => {
+                let by_name = match &reference.digest {
+                    Some(d) => {
+                        let hex = d.hex();
+                        records
+                            .iter()
+                            .any(|r| {
+                                r.digest == hex
+                                    && parse_key(&r.name).is_some_and(|k| k.repo == reference.repo)
+                            })
+                            .then_some(hex)
+                    }
+                    None => {
+                        let key = reference.tagged();
+                        records
+                            .iter()
+                            .find(|r| r.name == key)
+                            .map(|r| r.digest.clone())
+                    }
+                };
+                by_name.or_else(|| {
+                    let prefix = id_prefix.as_deref()?;
+                    let mut found: Vec<&str> = records
+                        .iter()
+                        .map(|r| r.digest.as_str())
+                        .filter(|d| d.starts_with(prefix))
+                        .collect();
+                    found.sort_unstable();
+                    found.dedup();
+                    (found.len() == 1).then(|| found[0].to_owned())
+                })
+            }
         };
-        let records: Vec<ImageRecord> = self
-            .meta
-            .images()?
+        let Some(digest_hex) = digest_hex else {
+            return Ok(None);
+        };
+        let records: Vec<ImageRecord> = records
             .into_iter()
             .filter(|r| r.digest == digest_hex)
             .collect();
@@ -388,19 +494,16 @@ impl ImageStore {
         out
     }
 
-    /// Removes what `query` names: an ID removes every name of that content. Data still used
-    /// by a VM stays until released. Removing an absent image succeeds.
+    /// Removes the image `query` names, with every name it has (as CRI's RemoveImage does,
+    /// whichever of its tags or digests is given). Data still used by a VM stays until
+    /// released. Removing an absent image succeeds.
     pub fn remove(&self, query: &str) -> Result<(), ImageError> {
         let query = ImageQuery::parse(query)?;
         let _placing = lock(&self.placement);
         let Some(info) = self.find(&query)? else {
             return Ok(());
         };
-        let names = match &query {
-            ImageQuery::Id(_) => info.names.clone(),
-            ImageQuery::Ref(r) => vec![r.name.clone()],
-        };
-        for name in &names {
+        for name in &info.names {
             self.meta.remove_image(name)?;
             info!(image = %name, digest = %info.digest, "image removed");
         }
@@ -485,15 +588,6 @@ impl ImageStore {
             inodes_used,
             timestamp_ns: now_ns(),
         })
-    }
-}
-
-fn matches(query: &ImageQuery, info: &ImageInfo) -> bool {
-    match query {
-        ImageQuery::Id(d) => *d == info.digest,
-        ImageQuery::Ref(r) => {
-            info.names.contains(&r.name) && r.digest.is_none_or(|d| d == info.digest)
-        }
     }
 }
 

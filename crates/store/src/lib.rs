@@ -3,7 +3,9 @@
 //! Tables:
 //! - `meta`: `schema_version` (u32). A database written by a newer virtlet (a larger version) is
 //!   refused, so an old binary never misreads or damages newer data.
-//! - `images`: image name (tag stripped) -> [`ImageRecord`] as JSON.
+//! - `images`: image key (`repo:tag`, or `repo@sha256:<hex>` for a pull by digest) ->
+//!   [`ImageRecord`] as JSON. Schema 1 stored names with the tag stripped; opening such a file
+//!   renames each to `name:latest` (schema 2).
 //! - `image_users`: digest -> the IDs of whatever still uses that image's data (the VMs' root
 //!   disks are overlays backed by it). Data is deleted only when no name and no user refers to it.
 //!
@@ -19,7 +21,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
@@ -146,8 +148,12 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                Some(_) => {}
-                None => {
+                Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    migrate_v1_image_names(&txn)?;
+                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                }
+                Some(_) | None => {
                     meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
                 }
             }
@@ -315,6 +321,28 @@ impl Store {
     }
 }
 
+/// Schema 1 kept image names with the tag stripped (every name meant `:latest`); schema 2
+/// keys them by `repo:tag`.
+fn migrate_v1_image_names(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut images = txn.open_table(IMAGES)?;
+    let mut old = Vec::new();
+    for entry in images.iter()? {
+        let (k, v) = entry?;
+        old.push((k.value().to_owned(), decode_image(k.value(), v.value())?));
+    }
+    for (name, mut record) in old {
+        images.remove(name.as_str())?;
+        record.name = format!("{name}:latest");
+        let bytes = serde_json::to_vec(&record).map_err(|source| StoreError::Corrupt {
+            table: "images",
+            key: record.name.clone(),
+            source,
+        })?;
+        images.insert(record.name.as_str(), bytes.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode_image(key: &str, bytes: &[u8]) -> Result<ImageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
         table: "images",
@@ -431,7 +459,52 @@ mod tests {
             matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1),
             "{msg}"
         );
-        assert!(msg.contains("schema version 2"), "{msg}");
+        assert!(
+            msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn schema_1_names_become_latest_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 1).unwrap();
+            {
+                let mut images = txn.open_table(IMAGES).unwrap();
+                for name in [
+                    "virtlet.cloud/tiny",
+                    "virtlet.cloud/https://example.com:8443",
+                ] {
+                    let bytes = serde_json::to_vec(&record(name, "d1")).unwrap();
+                    images.insert(name, bytes.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let names: Vec<_> = store
+            .images()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "virtlet.cloud/https://example.com:8443:latest",
+                "virtlet.cloud/tiny:latest"
+            ]
+        );
+        assert!(store.image("virtlet.cloud/tiny:latest").unwrap().is_some());
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.images().unwrap().len(), 2);
     }
 
     #[test]

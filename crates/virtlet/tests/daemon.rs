@@ -182,7 +182,10 @@ fn a_newer_database_schema_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("schema version 2") && stderr.contains("newer"),
+        stderr.contains(&format!(
+            "schema version {}",
+            virtlet_store::SCHEMA_VERSION + 1
+        )) && stderr.contains("newer"),
         "{stderr}"
     );
 }

@@ -21,22 +21,74 @@ async fn pull_status_list_remove_round_trip() {
     server.route("/disk.qcow2", Route::Content(Bytes::from(img.clone())));
     let name = format!("virtlet.cloud/{}", server.location("/disk.qcow2"));
 
+    // CRI: PullImage answers the image ID; repoTags keep the tag that was pulled (`:latest`
+    // when none), repoDigests the repository with the digest.
     let image_ref = d.pull(&format!("{name}:latest")).await.unwrap();
-    assert_eq!(image_ref, format!("{name}@sha256:{hex}"));
+    let id = format!("sha256:{hex}");
+    assert_eq!(image_ref, id);
+    let tagged = format!("{name}:latest");
+    let repo_digest = format!("{name}@sha256:{hex}");
 
     for query in [
         name.clone(),
-        format!("{name}:v2"),
-        format!("sha256:{hex}"),
-        image_ref.clone(),
+        tagged.clone(),
+        id.clone(),
+        hex.clone(),
+        hex[..12].to_owned(),
+        format!("sha256:{}", &hex[..12]),
+        repo_digest.clone(),
+        format!("{name}:v2@sha256:{hex}"),
     ] {
         let st = d.status(&query, false).await;
         let image = st.image.unwrap_or_else(|| panic!("no status for {query}"));
-        assert_eq!(image.id, format!("sha256:{hex}"));
-        assert_eq!(image.repo_tags, std::slice::from_ref(&name));
-        assert_eq!(image.repo_digests, std::slice::from_ref(&image_ref));
+        assert_eq!(image.id, id);
+        assert_eq!(image.repo_tags, std::slice::from_ref(&tagged));
+        assert_eq!(image.repo_digests, std::slice::from_ref(&repo_digest));
         assert_eq!(image.size, img.len() as u64);
     }
+    // Another tag was not pulled; another digest is not this image.
+    for query in [
+        format!("{name}:v2"),
+        format!("{name}@sha256:{}", "0".repeat(64)),
+    ] {
+        assert!(d.status(&query, false).await.image.is_none(), "{query}");
+    }
+
+    // The same content under a second tag and a second repository is one image with every tag.
+    let second = format!("virtlet.cloud/{}", server.location("/again/disk.qcow2"));
+    server.route(
+        "/again/disk.qcow2",
+        Route::Content(Bytes::from(img.clone())),
+    );
+    assert_eq!(d.pull(&format!("{name}:v2")).await.unwrap(), id);
+    assert_eq!(d.pull(&second).await.unwrap(), id);
+    let image = d.status(&format!("{name}:v2"), false).await.image.unwrap();
+    assert_eq!(
+        image.repo_tags,
+        [
+            format!("{second}:latest"),
+            tagged.clone(),
+            format!("{name}:v2")
+        ]
+    );
+    assert_eq!(
+        image.repo_digests,
+        [format!("{second}@sha256:{hex}"), repo_digest.clone()]
+    );
+    // Removing it by one tag removes the image with all its names.
+    d.remove(&format!("{name}:v2")).await.unwrap();
+    for query in [tagged.clone(), second.clone(), id.clone()] {
+        assert!(d.status(&query, false).await.image.is_none(), "{query}");
+    }
+    // Pulled by digest: no tag, only the repo digest.
+    assert_eq!(d.pull(&repo_digest).await.unwrap(), id);
+    let image = d.status(&repo_digest, false).await.image.unwrap();
+    assert!(image.repo_tags.is_empty(), "{:?}", image.repo_tags);
+    assert_eq!(image.repo_digests, std::slice::from_ref(&repo_digest));
+    assert!(d.status(&name, false).await.image.is_none());
+    d.remove(&id).await.unwrap();
+    d.pull(&name).await.unwrap();
+
     let verbose = d.status(&name, true).await;
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
     assert_eq!(info["format"], "qcow2");
@@ -145,7 +197,9 @@ async fn default_protocol_file_urls_and_raw_images() {
     std::fs::write(&local, qcow2_image("1G").unwrap()).unwrap();
     let name = format!("virtlet.cloud/file://{}", local.display());
     let r = d.pull(&name).await.unwrap();
-    assert!(r.starts_with(&format!("{name}@sha256:")));
+    assert!(r.starts_with("sha256:"), "{r}");
+    let image = d.status(&name, false).await.image.unwrap();
+    assert_eq!(image.repo_tags, [format!("{name}:latest")]);
     assert_status(
         d.pull(&format!(
             "virtlet.cloud/file://{}/missing.qcow2",
@@ -188,7 +242,7 @@ async fn translations_names_regexps_and_pins() {
     let hex_a = sha256sum(&a).unwrap();
     assert_eq!(
         d.pull("virtlet.cloud/cirros").await.unwrap(),
-        format!("virtlet.cloud/cirros@sha256:{hex_a}")
+        format!("sha256:{hex_a}")
     );
     let hex_b = sha256sum(&b).unwrap();
     assert!(
@@ -228,7 +282,10 @@ async fn translations_names_regexps_and_pins() {
     let st = d.status("virtlet.cloud/cirros", false).await.image.unwrap();
     assert_eq!(
         st.repo_tags,
-        ["virtlet.cloud/cirros", "virtlet.cloud/cirros-again"]
+        [
+            "virtlet.cloud/cirros-again:latest",
+            "virtlet.cloud/cirros:latest"
+        ]
     );
     d.remove(&format!("sha256:{hex_a}")).await.unwrap();
     assert!(
