@@ -55,6 +55,18 @@ pub fn domain_uuid(pod_uid: &str, system_uuid: Option<&str>) -> String {
     }
 }
 
+/// The UUID of a pod's further VMs (every container but the one with the pod's network, which
+/// gets [`domain_uuid`]): derived from the pod UID and the container name, so it is stable
+/// across restarts of that container and differs from its siblings'.
+pub fn sibling_uuid(pod_uid: &str, container_name: &str) -> String {
+    uuid::Uuid::new_v5(
+        &UUID_NAMESPACE,
+        format!("{pod_uid}/{container_name}").as_bytes(),
+    )
+    .hyphenated()
+    .to_string()
+}
+
 /// The most disks a VM can have on each bus.
 pub fn max_disks(bus: DiskDriver) -> usize {
     match bus {

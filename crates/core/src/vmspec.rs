@@ -102,6 +102,8 @@ pub struct PodFacts<'a> {
     pub container_id: &'a str,
     pub pod_uid: &'a str,
     pub container_name: &'a str,
+    /// The VM's UUID (see [`naming::domain_uuid`] and [`naming::sibling_uuid`]).
+    pub uuid: &'a str,
     pub memory_limit_bytes: i64,
     pub cpu_shares: i64,
     pub cpu_quota: i64,
@@ -122,7 +124,7 @@ pub fn build(pod: &PodFacts<'_>, annotations: &VmAnnotations, node: &NodeChoices
     let root_target = naming::disk_target(annotations.disk_bus(), 0).unwrap_or_default();
     VmSpec {
         domain_name: naming::domain_name(pod.container_id, pod.container_name),
-        uuid: naming::domain_uuid(pod.pod_uid, annotations.system_uuid.as_deref()),
+        uuid: pod.uuid.to_owned(),
         domain_type: node.domain_type,
         emulator: node.emulator.clone(),
         memory_bytes: positive(pod.memory_limit_bytes).unwrap_or(DEFAULT_MEMORY_BYTES),
@@ -180,6 +182,7 @@ mod tests {
             container_id: "0123456789abcdef",
             pod_uid: "0c9d8f7a-3f5e-4d7b-9a3c-2b1e4e5b4f1a",
             container_name: "vm",
+            uuid: "0c9d8f7a-3f5e-4d7b-9a3c-2b1e4e5b4f1a",
             memory_limit_bytes: 0,
             cpu_shares: 0,
             cpu_quota: 0,

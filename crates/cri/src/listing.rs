@@ -334,6 +334,8 @@ mod tests {
             created_at_ns: i as i64 * 1000,
             netns: PathBuf::from("/run/netns/x"),
             root_disk: None,
+            root_disks: Vec::new(),
+            network_owner: None,
             network: None,
         }
     }

@@ -423,7 +423,11 @@ impl RuntimeService for RuntimeServer {
             info: if req.verbose {
                 json_info(serde_json::json!({
                     "netns": s.netns,
-                    "rootDisk": s.root_disk.as_ref().map(|r| &r.path),
+                    "rootDisks": s.root_disks.iter().map(|r| serde_json::json!({
+                        "container": r.container_name,
+                        "path": r.path,
+                    })).collect::<Vec<_>>(),
+                    "networkOwner": s.network_owner,
                     "state": format!("{:?}", s.state),
                 }))
             } else {

@@ -136,7 +136,12 @@ impl Manager {
             store,
             images,
             libvirt,
-            sandboxes: RwLock::new(sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            sandboxes: RwLock::new(
+                sandboxes
+                    .into_iter()
+                    .map(|s| (s.id.clone(), s.upgrade()))
+                    .collect(),
+            ),
             containers: RwLock::new(containers.into_iter().map(|c| (c.id.clone(), c)).collect()),
             sandboxes_gen: AtomicU64::new(0),
             containers_gen: AtomicU64::new(0),
@@ -388,6 +393,8 @@ impl Manager {
                 created_at_ns: now_ns(),
                 netns: netns.clone(),
                 root_disk: None,
+                root_disks: Vec::new(),
+                network_owner: None,
                 network: Some(network::NetRecord {
                     cni_config: cni_config.raw.clone(),
                     cni_result: None,
@@ -557,8 +564,8 @@ impl Manager {
             warn!(sandbox = %&rec.id[..13.min(rec.id.len())], error = %e,
                   "removing the pod although CNI DEL failed; the plugin may keep its address or rules");
         }
-        if let Some(root) = &rec.root_disk {
-            self.drop_root_disk(&rec.id, root)?;
+        for root in std::mem::take(&mut rec.root_disks) {
+            self.drop_root_disk(&rec.id, &root)?;
         }
         let dir = self.config.vm_dir.join(&rec.id);
         match std::fs::remove_dir_all(&dir) {
@@ -593,8 +600,13 @@ impl Manager {
             _ => {}
         }
         if let Ok(d) = virtlet_image::Digest::from_hex(&root.image_digest) {
+            let user = if root.image_user.is_empty() {
+                sandbox_id
+            } else {
+                &root.image_user
+            };
             self.images
-                .release(&d, sandbox_id)
+                .release(&d, user)
                 .map_err(|e| ManagerError::internal(e.to_string()))?;
         }
         Ok(())
@@ -698,22 +710,6 @@ impl Manager {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| ManagerError::invalid("config.image.image is empty"))?;
-        if let Some(live) = self
-            .containers_of(sandbox_id)
-            .into_iter()
-            .find(|c| c.state.is_live())
-        {
-            return Err(ManagerError::precondition(format!(
-                "pod sandbox {sandbox_id:?} already has a VM: container {:?} ({}) is {:?}; a pod runs one VM",
-                live.id,
-                live.config
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.as_str())
-                    .unwrap_or(""),
-                live.state
-            )));
-        }
         let pod_config = sandbox_config.unwrap_or_else(|| sandbox.config.clone());
         let annotations = VmAnnotations::parse(&sandbox.config.annotations)?;
         let image_info = self.images.status(&image).map_err(|e| match e.kind() {
@@ -740,7 +736,18 @@ impl Manager {
         let files = volumes::mounted_files(&self.config.kubelet_root_dir, &config.mounts)?;
         let mut command = config.command.clone();
         command.extend(config.args.iter().cloned());
-        let uuid = naming::domain_uuid(&pod_meta.uid, annotations.system_uuid.as_deref());
+        // The first container of the pod gets the pod's network (and the pod's UUID); so do
+        // later containers of the same name (the kubelet restarting it). Others run without a
+        // NIC: a pod has one address.
+        let owns_network = sandbox
+            .network_owner
+            .as_deref()
+            .is_none_or(|owner| owner == meta.name);
+        let uuid = if owns_network {
+            naming::domain_uuid(&pod_meta.uid, annotations.system_uuid.as_deref())
+        } else {
+            naming::sibling_uuid(&pod_meta.uid, &meta.name)
+        };
         let seed_kind = match annotations.cloud_init_image_type {
             CloudInitImageType::NoCloud => SeedKind::NoCloud,
             CloudInitImageType::ConfigDrive => SeedKind::ConfigDrive,
@@ -760,7 +767,7 @@ impl Manager {
             kind: seed_kind,
             network_config: sandbox
                 .pod_network()
-                .filter(|_| !annotations.force_dhcp_network_config)
+                .filter(|_| owns_network && !annotations.force_dhcp_network_config)
                 .and_then(|n| virtlet_cloudinit::network::network_config(seed_kind, n)),
             source_entries: sources.entries,
             source_ssh_keys: sources.ssh_keys,
@@ -796,11 +803,7 @@ impl Manager {
                 sandbox_id: sandbox_id.to_owned(),
                 state: ContainerState::Creating,
                 config: config.clone(),
-                image_ref: image_info
-                    .repo_digests()
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| image_info.id()),
+                image_ref: image_info.image_ref_for(&image),
                 image_id: image_info.id(),
                 domain_name: naming::domain_name(&id, &meta.name),
                 root_target: String::new(),
@@ -821,13 +824,15 @@ impl Manager {
 
             let domain_name = rec.domain_name.clone();
             let seed_path = rec.seed.clone();
-            let undo = |m: &Manager, new_root: bool, sandbox: &SandboxRecord| {
+            let undo = |m: &Manager, new_root: Option<&RootDisk>, sandbox: &mut SandboxRecord| {
                 let _ = m.libvirt.undefine(&domain_name);
                 if let Some(seed) = &seed_path {
                     let _ = std::fs::remove_file(seed);
                 }
-                if new_root && let Some(root) = &sandbox.root_disk {
+                if let Some(root) = new_root {
                     let _ = m.drop_root_disk(sandbox_id, root);
+                    sandbox.root_disks.retain(|r| r.path != root.path);
+                    let _ = m.save_sandbox(sandbox);
                     if let Some(dir) = root.path.parent() {
                         // Only when empty: the directory held nothing else.
                         let _ = std::fs::remove_dir(dir);
@@ -836,31 +841,50 @@ impl Manager {
                 let _ = m.drop_container(&id);
             };
 
-            // The pod's root disk: kept across VM restarts, remade only for another image.
+            // This container's root disk: kept across restarts of the container (same name),
+            // remade only for another image.
             let digest_hex = image_info.digest.hex();
-            let mut new_root = false;
-            let reuse = sandbox
-                .root_disk
+            let mut new_root: Option<RootDisk> = None;
+            let existing = sandbox.root_disk_of(&meta.name).cloned();
+            let reuse = existing
                 .as_ref()
-                .is_some_and(|r| r.image_digest == digest_hex && r.path.exists());
-            if !reuse {
-                if let Some(old) = sandbox.root_disk.take() {
-                    self.drop_root_disk(sandbox_id, &old)?;
+                .filter(|r| r.image_digest == digest_hex && r.path.exists())
+                .cloned();
+            let root = if let Some(mut root) = reuse {
+                if root.container_name.is_empty() {
+                    root.container_name = meta.name.clone();
+                    for r in &mut sandbox.root_disks {
+                        if r.path == root.path {
+                            r.container_name = meta.name.clone();
+                        }
+                    }
+                    self.save_sandbox(&sandbox)?;
                 }
-                let (info, blob) = match self.images.acquire(&image_info.id(), sandbox_id) {
+                root
+            } else {
+                if let Some(old) = existing {
+                    self.drop_root_disk(sandbox_id, &old)?;
+                    sandbox.root_disks.retain(|r| r.path != old.path);
+                    self.save_sandbox(&sandbox)?;
+                }
+                let image_user = format!("{sandbox_id}/{}", meta.name);
+                let (info, blob) = match self.images.acquire(&image_info.id(), &image_user) {
                     Ok(v) => v,
                     Err(e) => {
-                        undo(self, false, &sandbox);
+                        undo(self, None, &mut sandbox);
                         return Err(ManagerError::new(e.kind(), e.to_string()));
                     }
                 };
                 let dir = self.config.vm_dir.join(sandbox_id);
-                let path = dir.join("root.qcow2");
-                sandbox.root_disk = Some(RootDisk {
+                let path = dir.join(root_disk_file(&meta.name));
+                let root = RootDisk {
                     path: path.clone(),
                     image_digest: digest_hex.clone(),
-                });
-                new_root = true;
+                    container_name: meta.name.clone(),
+                    image_user,
+                };
+                sandbox.root_disks.push(root.clone());
+                new_root = Some(root.clone());
                 let size = annotations.root_volume_size;
                 let made = blocking(move || {
                     let _phase = tracing::debug_span!("root_disk").entered();
@@ -878,26 +902,32 @@ impl Manager {
                 if let Err(e) =
                     made.and_then(|()| self.save_sandbox(&sandbox).map_err(|e| e.to_string()))
                 {
-                    undo(self, true, &sandbox);
+                    undo(self, new_root.as_ref(), &mut sandbox);
                     return Err(ManagerError::internal(format!(
                         "cannot create the root disk: {e}"
                     )));
                 }
-            }
+                root
+            };
 
-            // One domain per pod: the exited VM's definition gives way to the new one.
+            // A restarted container's exited predecessor (same name, same UUID) gives way.
             for old in self.containers_of(sandbox_id) {
-                if old.id != id {
+                let same_name = old
+                    .config
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == meta.name);
+                if old.id != id && same_name && !old.state.is_live() {
                     let lv = self.libvirt.clone();
                     let name = old.domain_name.clone();
                     blocking(move || lv.undefine(&name)).await??;
                 }
             }
+            if owns_network && sandbox.network_owner.is_none() {
+                sandbox.network_owner = Some(meta.name.clone());
+                self.save_sandbox(&sandbox)?;
+            }
 
-            let root = sandbox
-                .root_disk
-                .clone()
-                .ok_or_else(|| ManagerError::internal("root disk missing"))?;
             let resources = config
                 .linux
                 .as_ref()
@@ -908,6 +938,7 @@ impl Manager {
                 container_id: &id,
                 pod_uid: &meta_uid,
                 container_name: &meta.name,
+                uuid: &uuid,
                 memory_limit_bytes: resources.memory_limit_in_bytes,
                 cpu_shares: resources.cpu_shares,
                 cpu_quota: resources.cpu_quota,
@@ -923,6 +954,7 @@ impl Manager {
                 netns: Some(sandbox.netns.clone()),
                 nics: sandbox
                     .pod_network()
+                    .filter(|_| owns_network)
                     .map(|n| {
                         n.nics
                             .iter()
@@ -953,15 +985,20 @@ impl Manager {
                 })
                 .await?;
                 if let Err(e) = written {
-                    undo(self, new_root, &sandbox);
+                    undo(self, new_root.as_ref(), &mut sandbox);
                     return Err(ManagerError::internal(format!(
                         "cannot write the cloud-init seed: {e}"
                     )));
                 }
-                let target = naming::disk_target(annotations.disk_bus(), spec.disks.len())
-                    .ok_or_else(|| {
-                        ManagerError::invalid("too many disks for the pod's disk bus")
-                    })?;
+                let Some(target) = naming::disk_target(annotations.disk_bus(), spec.disks.len())
+                else {
+                    undo(self, new_root.as_ref(), &mut sandbox);
+                    return Err(ManagerError::invalid(format!(
+                        "too many disks for the pod's disk bus ({:?} takes at most {})",
+                        annotations.disk_bus(),
+                        naming::max_disks(annotations.disk_bus())
+                    )));
+                };
                 spec.disks.push(Disk {
                     path: seed,
                     format: DiskFormat::Raw,
@@ -979,11 +1016,7 @@ impl Manager {
             })
             .await?
             {
-                undo(self, new_root, &sandbox);
-                if new_root {
-                    sandbox.root_disk = None;
-                    let _ = self.save_sandbox(&sandbox);
-                }
+                undo(self, new_root.as_ref(), &mut sandbox);
                 return Err(ManagerError::internal(format!("cannot define the VM: {e}")));
             }
             rec.state = rec.state.transition(ContainerState::Created)?;
@@ -1078,10 +1111,13 @@ impl Manager {
         }
     }
 
-    /// Stops the VM: the ACPI power button, pressed again every second until `timeout_s`,
-    /// then forced off. Stopping a stopped container succeeds.
+    /// Stops the VM: the ACPI power button, pressed again every second, then forced off in
+    /// time for the call to return within `timeout_s` (0: forced off at once). Stopping a
+    /// stopped or unknown container succeeds, as CRI asks.
     pub async fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
-        let sandbox_id = self.sandbox_of(id)?;
+        let Ok(sandbox_id) = self.sandbox_of(id) else {
+            return Ok(());
+        };
         let pod_lock = self.pod_lock(&sandbox_id);
         let _held = pod_lock.lock().await;
         self.stop_locked(id, timeout_s).await
@@ -1095,7 +1131,7 @@ impl Manager {
         let span =
             info_span!("stop", id = %&id[..13.min(id.len())], domain = %rec.domain_name, timeout_s);
         async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.max(0).unsigned_abs());
+            let deadline = tokio::time::Instant::now() + graceful_budget(timeout_s);
             let mut forced = false;
             let mut last_press = None::<tokio::time::Instant>;
             let exit = loop {
@@ -1447,6 +1483,33 @@ impl Manager {
     }
 }
 
+/// How long StopContainer waits for the guest to power off before forcing it: the CRI timeout
+/// less a margin (a quarter of it, at most 2 s) for forcing it off and answering, so the call
+/// returns within the timeout the caller gave.
+fn graceful_budget(timeout_s: i64) -> Duration {
+    let total = Duration::from_secs(timeout_s.max(0).unsigned_abs());
+    total - (total / 4).min(Duration::from_secs(2))
+}
+
+/// The file name of a container's root disk in its pod's directory: readable when the
+/// container name is a plain name (as Kubernetes makes them), hashed otherwise.
+fn root_disk_file(container_name: &str) -> String {
+    let plain = !container_name.is_empty()
+        && container_name.len() <= 100
+        && container_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !container_name.starts_with('.');
+    if plain {
+        format!("root-{container_name}.qcow2")
+    } else {
+        format!(
+            "root-{}.qcow2",
+            &naming::sibling_uuid("", container_name)[..8]
+        )
+    }
+}
+
 /// The CRI enum value of a sandbox state.
 pub fn sandbox_cri_state(s: SandboxState) -> i32 {
     use k8s_cri::v1::PodSandboxState as P;
@@ -1464,5 +1527,28 @@ pub fn container_cri_state(s: ContainerState) -> i32 {
         ContainerState::Running => C::ContainerRunning as i32,
         ContainerState::Exited => C::ContainerExited as i32,
         ContainerState::Creating | ContainerState::Removing => C::ContainerUnknown as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_leaves_room_to_force_off_within_the_timeout() {
+        assert_eq!(graceful_budget(0), Duration::ZERO);
+        assert_eq!(graceful_budget(-5), Duration::ZERO);
+        assert_eq!(graceful_budget(2), Duration::from_millis(1500));
+        assert_eq!(graceful_budget(10), Duration::from_secs(8));
+        assert_eq!(graceful_budget(60), Duration::from_secs(58));
+    }
+
+    #[test]
+    fn root_disk_files_are_named_after_plain_container_names() {
+        assert_eq!(root_disk_file("vm"), "root-vm.qcow2");
+        let odd = root_disk_file("../x");
+        assert!(odd.starts_with("root-") && !odd.contains('/'), "{odd}");
+        assert_ne!(root_disk_file("../x"), root_disk_file("../y"));
+        assert!(!root_disk_file("").contains("--"));
     }
 }

@@ -252,7 +252,7 @@ async fn sandbox_lifecycle_filters_and_idempotence() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn container_lifecycle_one_vm_per_pod_and_restart_on_the_same_disk() {
+async fn container_lifecycle_sibling_vms_and_restart_on_the_same_disk() {
     let e = env().await;
     let d = &e.d;
     let mut rt = d.runtime().await;
@@ -263,11 +263,32 @@ async fn container_lifecycle_one_vm_per_pod_and_restart_on_the_same_disk() {
     let st = container_status(d, &c1).await.unwrap();
     assert_eq!(st.state, api::ContainerState::ContainerCreated as i32);
     assert!(st.image_ref.contains("@sha256:"), "{}", st.image_ref);
-    assert_status(
-        create(d, &pod, "vm2", &e.image).await,
-        Code::FailedPrecondition,
-        &[&c1, "one VM"],
-    );
+    // A second container is a second VM with its own root disk; the pod's network (and
+    // UUID) stays with the first.
+    let sibling = create(d, &pod, "vm2", &e.image).await.unwrap();
+    let info = rt
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    assert_eq!(v["networkOwner"], "vm");
+    let disks: Vec<&str> = v["rootDisks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["container"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, ["vm", "vm2"]);
+    rt.remove_container(api::RemoveContainerRequest {
+        container_id: sibling.clone(),
+    })
+    .await
+    .unwrap();
 
     rt.start_container(api::StartContainerRequest {
         container_id: c1.clone(),
@@ -334,7 +355,7 @@ async fn container_lifecycle_one_vm_per_pod_and_restart_on_the_same_disk() {
                 .into_inner()
                 .info;
             let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-            std::path::PathBuf::from(v["rootDisk"].as_str().unwrap())
+            std::path::PathBuf::from(v["rootDisks"][0]["path"].as_str().unwrap())
         }
     };
     let root = root_info(&mut rt).await;

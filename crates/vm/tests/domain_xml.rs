@@ -25,6 +25,7 @@ fn spec(
         container_id: "c0ffee00deadbeef1234567890abcdef",
         pod_uid: "0c9d8f7a-3f5e-4d7b-9a3c-2b1e4e5b4f1a",
         container_name: "vm",
+        uuid: "0c9d8f7a-3f5e-4d7b-9a3c-2b1e4e5b4f1a",
         memory_limit_bytes: 0,
         cpu_shares: 0,
         cpu_quota: 0,
@@ -74,6 +75,8 @@ fn cases() -> Vec<(&'static str, VmSpec)> {
                     ("VirtletSystemUUID", "53008994-44c0-4017-ad44-9c49758083da"),
                 ],
                 |f, n| {
+                    // The manager resolves VirtletSystemUUID into the VM's UUID.
+                    f.uuid = "53008994-44c0-4017-ad44-9c49758083da";
                     f.memory_limit_bytes = 512 << 20;
                     f.cpu_shares = 256;
                     f.cpu_quota = 50_000;
