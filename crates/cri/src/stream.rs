@@ -10,9 +10,14 @@ pub struct ManagerBackend(pub Arc<Manager>);
 impl Backend for ManagerBackend {
     fn attach(&self, container_id: &str) -> Result<ConsoleIo, String> {
         let hub = self.0.console(container_id).map_err(|e| e.to_string())?;
+        let stdin_once = self
+            .0
+            .container(container_id)
+            .is_ok_and(|c| c.config.stdin && c.config.stdin_once);
         Ok(ConsoleIo {
             output: hub.subscribe(),
             input: hub.input(),
+            stdin_once,
         })
     }
 

@@ -1,16 +1,18 @@
-//! A client for the streaming server, speaking what kubectl and the kubelet speak: the HTTP
-//! upgrade, then SPDY/3.1 or WebSocket. The tests drive the server with it, and operators can
-//! use it through `virtletctl attach` / `port-forward`.
+//! A client for the streaming server, speaking what kubectl and the kubelet speak: an HTTP
+//! upgrade (hyper's client) to SPDY/3.1, or a WebSocket handshake (tokio-tungstenite). The
+//! tests drive the server with it, and operators use it through `virtletctl attach` /
+//! `port-forward`; the real clients (crictl, the kubelet) are tested against the server too.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Which upgrade to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    Spdy,
-    WebSocket,
-}
+/// The connection after a SPDY upgrade.
+pub type SpdyIo = TokioIo<hyper::upgrade::Upgraded>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -24,101 +26,131 @@ pub enum ClientError {
     },
     #[error("the upgrade failed: HTTP {status}: {body}")]
     Refused { status: u16, body: String },
-    #[error("the server's answer is not HTTP: {0}")]
-    Garbled(String),
+    #[error("the HTTP exchange failed: {0}")]
+    Http(String),
 }
 
-/// The server's answer to an upgrade request.
-pub struct Upgraded {
-    pub stream: TcpStream,
-    /// The protocol the server chose.
-    pub protocol: String,
+struct Target {
+    addr: String,
+    path_and_query: String,
 }
 
-/// Connects to `url` (with `query` appended) and asks for an upgrade to `wire` with the
-/// given subprotocols, in order of preference.
-pub async fn upgrade(
-    url: &str,
-    query: &str,
-    wire: Wire,
-    protocols: &[&str],
-) -> Result<Upgraded, ClientError> {
+fn target(url: &str, query: &str) -> Result<Target, ClientError> {
     let parsed = url::Url::parse(url).map_err(|_| ClientError::BadUrl(url.to_owned()))?;
     let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
         return Err(ClientError::BadUrl(url.to_owned()));
     };
-    let addr = format!("{host}:{port}");
-    let mut stream = TcpStream::connect(&addr)
+    let mut path_and_query = parsed.path().to_owned();
+    if !query.is_empty() {
+        path_and_query = format!("{path_and_query}?{query}");
+    }
+    Ok(Target {
+        addr: format!("{host}:{port}"),
+        path_and_query,
+    })
+}
+
+async fn connect(addr: &str) -> Result<TcpStream, ClientError> {
+    TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect {
-            addr: addr.clone(),
+            addr: addr.to_owned(),
             source,
-        })?;
-    let mut path = parsed.path().to_owned();
-    if !query.is_empty() {
-        path = format!("{path}?{query}");
-    }
-    let mut head = match wire {
-        Wire::Spdy => format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-        ),
-        Wire::WebSocket => format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n",
-            virtlet_wire::websocket::client_key()
-        ),
-    };
-    for p in protocols {
-        match wire {
-            Wire::Spdy => head.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n")),
-            Wire::WebSocket => head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n")),
-        }
-    }
-    head.push_str("Content-Length: 0\r\n\r\n");
-    let io_err = |e: std::io::Error| ClientError::Connect {
-        addr: addr.clone(),
-        source: e,
-    };
-    stream.write_all(head.as_bytes()).await.map_err(io_err)?;
-    // The answer's head, byte by byte: nothing of what follows may be consumed.
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\n") {
-        let b = stream.read_u8().await.map_err(io_err)?;
-        answer.push(b);
-        if answer.len() > 64 * 1024 {
-            return Err(ClientError::Garbled("the header is too long".into()));
-        }
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let mut lines = text.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::Garbled(text.clone()))?;
-    let header = |name: &str| {
-        text.split("\r\n").find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
         })
-    };
+}
+
+/// Connects to `url` (with `query` appended) and upgrades to SPDY/3.1, offering `protocols`
+/// (`X-Stream-Protocol-Version`) in order of preference. Returns the connection and the
+/// protocol the server chose.
+pub async fn upgrade_spdy(
+    url: &str,
+    query: &str,
+    protocols: &[&str],
+) -> Result<(SpdyIo, String), ClientError> {
+    let t = target(url, query)?;
+    let tcp = connect(&t.addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut req = hyper::Request::post(&t.path_and_query)
+        .header(HOST, &t.addr)
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "SPDY/3.1");
+    for p in protocols {
+        req = req.header("X-Stream-Protocol-Version", *p);
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let status = resp.status().as_u16();
     if status != 101 {
-        let len: usize = header("content-length")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0)
-            .min(64 * 1024);
-        let mut body = vec![0u8; len];
-        let _ = stream.read_exact(&mut body).await;
-        return Err(ClientError::Refused {
-            status,
-            body: String::from_utf8_lossy(&body).trim().to_owned(),
-        });
+        use http_body_util::BodyExt;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
+        return Err(ClientError::Refused { status, body });
     }
-    let protocol = match wire {
-        Wire::Spdy => header("x-stream-protocol-version"),
-        Wire::WebSocket => header("sec-websocket-protocol"),
+    let protocol = resp
+        .headers()
+        .get("x-stream-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok((TokioIo::new(upgraded), protocol))
+}
+
+/// Connects to `url` (with `query` appended) with a WebSocket handshake offering `protocols`
+/// (`Sec-WebSocket-Protocol`). Returns the WebSocket and the protocol the server chose.
+pub async fn connect_websocket(
+    url: &str,
+    query: &str,
+    protocols: &[&str],
+) -> Result<(WebSocketStream<TcpStream>, String), ClientError> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let t = target(url, query)?;
+    let ws_url = format!("ws://{}{}", t.addr, t.path_and_query);
+    let mut req = ws_url
+        .into_client_request()
+        .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+    if !protocols.is_empty() {
+        let value = protocols.join(", ");
+        let value = value
+            .parse()
+            .map_err(|_| ClientError::BadUrl(format!("bad protocol list {value:?}")))?;
+        req.headers_mut().insert("Sec-WebSocket-Protocol", value);
     }
-    .unwrap_or_default();
-    Ok(Upgraded { stream, protocol })
+    let tcp = connect(&t.addr).await?;
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, resp)) => {
+            let protocol = resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            Ok((ws, protocol))
+        }
+        Err(WsError::Http(resp)) => Err(ClientError::Refused {
+            status: resp.status().as_u16(),
+            body: resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default(),
+        }),
+        Err(e) => Err(ClientError::Http(e.to_string())),
+    }
 }

@@ -1,20 +1,24 @@
 //! The CRI streaming server: the URLs virtlet's Attach and PortForward return point here, and
 //! the kubelet (or crictl) connects to them with the protocols Kubernetes speaks:
 //!
-//! - attach: SPDY/3.1 with `channel.k8s.io`, `v2`, `v3`, `v4.channel.k8s.io`, and WebSocket with
-//!   `v4.channel.k8s.io` and `v5.channel.k8s.io`. It is the VM's serial console: several
-//!   clients at once, input typed into the VM, Ctrl-] detaches, the log keeps flowing, resize
-//!   messages are read and ignored (a serial line has no size).
-//! - port-forward: SPDY/3.1 `portforward.k8s.io` (error/data stream pairs) and WebSocket
+//! - attach ([`attach`]): SPDY/3.1 with `channel.k8s.io`, `v2`, `v3`, `v4.channel.k8s.io`, and
+//!   WebSocket with `v4.channel.k8s.io` and `v5.channel.k8s.io`. It is the VM's serial
+//!   console: several clients at once, input typed into the VM, Ctrl-] detaches, the log
+//!   keeps flowing, resize messages are read and ignored (a serial line has no size).
+//! - port-forward ([`portforward`]): SPDY/3.1 `portforward.k8s.io` (error/data stream pairs),
+//!   the same tunnelled through WebSocket (`SPDY/3.1+portforward.k8s.io`), and WebSocket
 //!   `v4.channel.k8s.io` (two channels per port). Connections are made from inside the pod's
 //!   netns to the VM's address.
 //!
 //! Every URL carries a random single-use token that expires after a minute; anything else is
-//! 404. The wire protocols are in `virtlet-wire`.
+//! 404. SPDY is `virtlet-wire`'s; WebSocket is tokio-tungstenite ([`ws`]).
 
+mod attach;
 pub mod client;
+mod portforward;
 mod server;
 pub mod tokens;
+pub mod ws;
 
 pub use server::{Backend, ConsoleIo, DETACH_KEY, StreamServer};
 pub use tokens::{Request, Tokens};

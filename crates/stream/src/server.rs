@@ -1,7 +1,6 @@
-//! HTTP side of the streaming server: token lookup, protocol negotiation, the upgrade; then
-//! the attach and port-forward sessions over SPDY or WebSocket.
+//! HTTP side of the streaming server: token lookup, protocol negotiation, the upgrade; the
+//! sessions themselves are in [`crate::attach`] and [`crate::portforward`].
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,20 +16,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
-use virtlet_wire::spdy;
-use virtlet_wire::websocket::{self, Message, WebSocket};
 
+use crate::attach::{Streams, spdy_attach, ws_attach};
+use crate::portforward::{spdy_port_forward, ws_port_forward};
 use crate::tokens::{Request, Tokens};
 
 /// Typed on an attached console, it detaches that client (the VM goes on).
 pub const DETACH_KEY: u8 = 0x1d; // Ctrl-]
-
-/// How long a client has to open the streams it announced.
-const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 
 const ATTACH_SPDY: &[&str] = &[
     "v4.channel.k8s.io",
@@ -40,12 +35,18 @@ const ATTACH_SPDY: &[&str] = &[
 ];
 const ATTACH_WS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 const PORTFORWARD_SPDY: &[&str] = &["portforward.k8s.io"];
-const PORTFORWARD_WS: &[&str] = &["v4.channel.k8s.io"];
+/// SPDY tunnelled through WebSocket (client-go's port-forward over WebSocket), and the older
+/// channel protocol.
+const PORTFORWARD_WS: &[&str] = &["SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io"];
+const TUNNEL_PREFIX: &str = "SPDY/3.1+";
 
 /// A running VM's console as the streaming server sees it.
 pub struct ConsoleIo {
     pub output: broadcast::Receiver<Bytes>,
     pub input: mpsc::Sender<Bytes>,
+    /// The container was made with `stdinOnce`: when an attached client closes its stdin,
+    /// the console gets an end-of-file (Ctrl-D).
+    pub stdin_once: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -154,6 +155,15 @@ enum Wire {
     WebSocket { key: String },
 }
 
+impl Wire {
+    fn name(&self) -> &'static str {
+        match self {
+            Wire::Spdy => "SPDY",
+            Wire::WebSocket { .. } => "WebSocket",
+        }
+    }
+}
+
 async fn handle(
     req: HttpRequest<Incoming>,
     state: Arc<State>,
@@ -255,10 +265,16 @@ async fn handle(
         }
         Wire::WebSocket { key } => {
             h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-            if let Ok(v) = HeaderValue::from_str(&websocket::accept_key(key)) {
+            if let Ok(v) = HeaderValue::from_str(&crate::ws::derive_accept_key(key.as_bytes())) {
                 h.insert("sec-websocket-accept", v);
             }
             h.insert("sec-websocket-protocol", proto_value);
+            // The kubelet's tunnelling proxy reads the inner protocol from here.
+            if let Some(inner) = protocol.strip_prefix(TUNNEL_PREFIX)
+                && let Ok(v) = HeaderValue::from_str(inner)
+            {
+                h.insert("x-stream-protocol-version", v);
+            }
         }
     }
     let backend = state.backend.clone();
@@ -270,10 +286,7 @@ async fn handle(
                 return;
             }
         };
-        let over = match wire {
-            Wire::Spdy => "SPDY",
-            Wire::WebSocket { .. } => "WebSocket",
-        };
+        let over = wire.name();
         match (request, console) {
             (
                 Request::Attach {
@@ -299,9 +312,13 @@ async fn handle(
                 info!(container = %short(&container_id), "attach ({over}) ended");
             }
             (Request::PortForward { sandbox_id, ports }, _) => {
-                info!(sandbox = %short(&sandbox_id), "port-forward ({over}) started");
+                info!(sandbox = %short(&sandbox_id), %protocol, "port-forward ({over}) started");
                 match wire {
                     Wire::Spdy => spdy_port_forward(upgraded, backend, sandbox_id.clone()).await,
+                    Wire::WebSocket { .. } if protocol.starts_with(TUNNEL_PREFIX) => {
+                        let tunnel = crate::ws::WsBytes::new(crate::ws::server(upgraded).await);
+                        spdy_port_forward(tunnel, backend, sandbox_id.clone()).await;
+                    }
                     Wire::WebSocket { .. } => {
                         let ports = if ws_ports.is_empty() { ports } else { ws_ports };
                         ws_port_forward(upgraded, backend, sandbox_id.clone(), ports).await;
@@ -331,351 +348,6 @@ fn query_ports(query: &str) -> Vec<u16> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Streams {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-}
-
-/// The status the v4+ protocols send on the error stream when the session ends.
-fn success_status() -> Vec<u8> {
-    br#"{"metadata":{},"status":"Success"}"#.to_vec()
-}
-
-/// Input for the VM up to the detach key; `true` when the key was typed.
-fn split_detach(data: &[u8]) -> (&[u8], bool) {
-    match data.iter().position(|b| *b == DETACH_KEY) {
-        Some(i) => (&data[..i], true),
-        None => (data, false),
-    }
-}
-
-async fn spdy_attach<T>(io: T, protocol: &str, want: Streams, console: ConsoleIo)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (session, mut acceptor) = spdy::Session::server(io);
-    let v3plus = matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
-    let mut expected = 1 + usize::from(want.stdin) + usize::from(want.stdout);
-    if want.stderr && !want.tty {
-        expected += 1;
-    }
-    if want.tty && v3plus {
-        expected += 1;
-    }
-    let mut streams: HashMap<String, spdy::Stream> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
-    while streams.len() < expected {
-        let next = tokio::time::timeout_at(deadline, acceptor.accept()).await;
-        let Ok(Some(stream)) = next else {
-            warn!("attach: the client did not open its streams");
-            session.close().await;
-            return;
-        };
-        let kind = stream.header("streamtype").unwrap_or("").to_owned();
-        if stream.reply(vec![], false).await.is_err() {
-            session.close().await;
-            return;
-        }
-        streams.insert(kind, stream);
-    }
-    let error = streams.remove("error");
-    let stdout = streams.remove("stdout");
-    let stdin = streams.remove("stdin");
-    let resize = streams.remove("resize");
-    drop(streams);
-
-    let ConsoleIo { mut output, input } = console;
-    let mut out_task = stdout.map(|out| {
-        tokio::spawn(async move {
-            loop {
-                match output.recv().await {
-                    Ok(b) => {
-                        if out.write(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-            let _ = out.close_write().await;
-        })
-    });
-    if let Some(mut r) = resize {
-        tokio::spawn(async move { while r.read().await.is_some() {} });
-    }
-    // The session lasts while the client keeps stdin open (or, without stdin, until the
-    // console closes or the client goes away).
-    match stdin {
-        Some(mut inp) => {
-            // Also ends when the console does (the VM stopped).
-            let console_gone = console_gone(&mut out_task);
-            tokio::pin!(console_gone);
-            loop {
-                let data = tokio::select! {
-                    d = inp.read() => d,
-                    () = &mut console_gone => None,
-                };
-                let Some(data) = data else { break };
-                let (keep, detach) = split_detach(&data);
-                if !keep.is_empty() && input.send(Bytes::copy_from_slice(keep)).await.is_err() {
-                    break;
-                }
-                if detach {
-                    debug!("attach: detach key typed");
-                    break;
-                }
-            }
-        }
-        None => {
-            if let Some(t) = &out_task {
-                while !t.is_finished() && !session.is_closed() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-    if let Some(t) = out_task {
-        t.abort();
-    }
-    if let Some(err) = error {
-        if protocol == "v4.channel.k8s.io" {
-            let _ = err.write(&success_status()).await;
-        }
-        let _ = err.close_write().await;
-    }
-    session.close().await;
-}
-
-async fn ws_attach<T>(io: T, protocol: &str, want: Streams, console: ConsoleIo)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    const STDIN: u8 = 0;
-    const STDOUT: u8 = 1;
-    const ERROR: u8 = 3;
-    const RESIZE: u8 = 4;
-    const CLOSE: u8 = 255;
-    let v5 = protocol == "v5.channel.k8s.io";
-    let (mut reader, writer) = WebSocket::server(io).into_split();
-    let ConsoleIo { mut output, input } = console;
-    let out_writer = writer.clone();
-    let mut out_task = want.stdout.then(|| {
-        tokio::spawn(async move {
-            loop {
-                match output.recv().await {
-                    Ok(b) => {
-                        let mut m = Vec::with_capacity(b.len() + 1);
-                        m.push(STDOUT);
-                        m.extend_from_slice(&b);
-                        if out_writer.send(Message::Binary(m)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        })
-    });
-    {
-        let console_gone = console_gone(&mut out_task);
-        tokio::pin!(console_gone);
-        loop {
-            let next = tokio::select! {
-                m = reader.recv() => m,
-                () = &mut console_gone => Ok(None),
-            };
-            match next {
-                Ok(Some(Message::Binary(m))) if !m.is_empty() => match m[0] {
-                    STDIN if want.stdin => {
-                        let (keep, detach) = split_detach(&m[1..]);
-                        if !keep.is_empty()
-                            && input.send(Bytes::copy_from_slice(keep)).await.is_err()
-                        {
-                            break;
-                        }
-                        if detach {
-                            break;
-                        }
-                    }
-                    RESIZE => {}
-                    CLOSE if v5 && m.get(1) == Some(&STDIN) => {}
-                    _ => {}
-                },
-                Ok(Some(Message::Close(_))) | Ok(None) | Err(_) => break,
-                Ok(Some(_)) => {}
-            }
-        }
-    }
-    if let Some(t) = out_task {
-        t.abort();
-    }
-    let mut status = vec![ERROR];
-    status.extend(success_status());
-    let _ = writer.send(Message::Binary(status)).await;
-    let _ = writer.send(Message::Close(None)).await;
-}
-
-async fn spdy_port_forward<T>(io: T, backend: Arc<dyn Backend>, sandbox_id: String)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (session, mut acceptor) = spdy::Session::server(io);
-    // Streams come in pairs (error, data) with the same request ID.
-    let mut pending: HashMap<String, (Option<spdy::Stream>, Option<spdy::Stream>)> = HashMap::new();
-    while let Some(stream) = acceptor.accept().await {
-        let kind = stream.header("streamtype").unwrap_or("").to_owned();
-        let request_id = stream.header("requestid").unwrap_or("").to_owned();
-        let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
-        if stream.reply(vec![], false).await.is_err() {
-            break;
-        }
-        let entry = pending.entry(request_id.clone()).or_default();
-        match kind.as_str() {
-            "error" => entry.0 = Some(stream),
-            "data" => entry.1 = Some(stream),
-            _ => {
-                stream.reset(1).await;
-                continue;
-            }
-        }
-        if entry.0.is_some() && entry.1.is_some() {
-            let Some((Some(err), Some(data))) = pending.remove(&request_id) else {
-                continue;
-            };
-            let backend = backend.clone();
-            let sandbox_id = sandbox_id.clone();
-            tokio::spawn(async move {
-                let Some(port) = port.filter(|p| *p > 0) else {
-                    let _ = err.write(b"invalid or missing port header").await;
-                    let _ = err.close_write().await;
-                    return;
-                };
-                match backend.dial(&sandbox_id, port).await {
-                    Ok(tcp) => {
-                        let _ = err.close_write().await;
-                        pump_spdy_tcp(data, tcp).await;
-                    }
-                    Err(e) => {
-                        let msg = format!("error forwarding port {port} to pod {sandbox_id}: {e}");
-                        let _ = err.write(msg.as_bytes()).await;
-                        let _ = err.close_write().await;
-                        let _ = data.close_write().await;
-                    }
-                }
-            });
-        }
-    }
-    session.close().await;
-}
-
-async fn pump_spdy_tcp(mut data: spdy::Stream, tcp: TcpStream) {
-    let (mut tr, mut tw) = tcp.into_split();
-    let writer = data.writer();
-    let up = tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match tr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if writer.write(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = writer.close_write().await;
-    });
-    while let Some(chunk) = data.read().await {
-        if tw.write_all(&chunk).await.is_err() {
-            break;
-        }
-    }
-    let _ = tw.shutdown().await;
-    let _ = up.await;
-}
-
-async fn ws_port_forward<T>(io: T, backend: Arc<dyn Backend>, sandbox_id: String, ports: Vec<u16>)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut reader, writer) = WebSocket::server(io).into_split();
-    let mut conns: HashMap<u8, tokio::net::tcp::OwnedWriteHalf> = HashMap::new();
-    let mut tasks = Vec::new();
-    for (i, port) in ports.iter().copied().enumerate().take(127) {
-        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
-        let lead = port.to_le_bytes();
-        let _ = writer
-            .send(Message::Binary(vec![data_ch, lead[0], lead[1]]))
-            .await;
-        let _ = writer
-            .send(Message::Binary(vec![err_ch, lead[0], lead[1]]))
-            .await;
-        match backend.dial(&sandbox_id, port).await {
-            Ok(tcp) => {
-                let (mut tr, tw) = tcp.into_split();
-                conns.insert(data_ch, tw);
-                let w = writer.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    loop {
-                        match tr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                let mut m = Vec::with_capacity(n + 1);
-                                m.push(data_ch);
-                                m.extend_from_slice(&buf[..n]);
-                                if w.send(Message::Binary(m)).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }));
-            }
-            Err(e) => {
-                let mut m = vec![err_ch];
-                m.extend(
-                    format!("error forwarding port {port} to pod {sandbox_id}: {e}").into_bytes(),
-                );
-                let _ = writer.send(Message::Binary(m)).await;
-            }
-        }
-    }
-    loop {
-        match reader.recv().await {
-            Ok(Some(Message::Binary(m))) if m.len() > 1 => {
-                if let Some(tw) = conns.get_mut(&m[0])
-                    && tw.write_all(&m[1..]).await.is_err()
-                {
-                    conns.remove(&m[0]);
-                }
-            }
-            Ok(Some(Message::Close(_))) | Ok(None) | Err(_) => break,
-            Ok(Some(_)) => {}
-        }
-    }
-    for t in tasks {
-        t.abort();
-    }
-    let _ = writer.send(Message::Close(None)).await;
-}
-
-/// Resolves when the task copying console output to the client ends (the console closed: the
-/// VM stopped); never, when the client asked for no output.
-async fn console_gone(out_task: &mut Option<tokio::task::JoinHandle<()>>) {
-    match out_task.as_mut() {
-        Some(t) => {
-            let _ = t.await;
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -697,10 +369,16 @@ mod tests {
     }
 
     #[test]
-    fn detach_key_ends_input() {
-        assert_eq!(split_detach(b"ls\r"), (&b"ls\r"[..], false));
-        assert_eq!(split_detach(b"ab\x1dcd"), (&b"ab"[..], true));
-        assert_eq!(split_detach(b"\x1d"), (&b""[..], true));
+    fn port_forward_over_websocket_prefers_the_spdy_tunnel() {
+        let c = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            negotiate(&c(&["SPDY/3.1+portforward.k8s.io"]), PORTFORWARD_WS).as_deref(),
+            Some("SPDY/3.1+portforward.k8s.io")
+        );
+        assert_eq!(
+            negotiate(&c(&["v4.channel.k8s.io"]), PORTFORWARD_WS).as_deref(),
+            Some("v4.channel.k8s.io")
+        );
     }
 
     #[test]

@@ -15,10 +15,12 @@ use common::vm::{
     DomainGuard, MARKER, require_libvirtd, run_vm_pod, serve_and_pull, tiny_image, wait_for_log,
 };
 use common::{Daemon, Options};
+use futures::{SinkExt, StreamExt};
 use k8s_cri::v1 as api;
-use virtlet_stream::client::{Wire, upgrade};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use virtlet_stream::client::{connect_websocket, upgrade_spdy};
 use virtlet_wire::spdy;
-use virtlet_wire::websocket::{Message, WebSocket};
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -42,18 +44,18 @@ async fn read_until(stream: &mut spdy::Stream, needle: &str, within: Duration) -
 }
 
 async fn ws_read_until(
-    ws: &mut WebSocket<tokio::net::TcpStream>,
+    ws: &mut WebSocketStream<tokio::net::TcpStream>,
     channel: u8,
     needle: &str,
 ) -> String {
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !seen.contains(needle) {
-        match tokio::time::timeout_at(deadline, ws.recv()).await {
-            Ok(Ok(Some(Message::Binary(m)))) if m.first() == Some(&channel) => {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(m)))) if m.first() == Some(&channel) => {
                 seen.push_str(&String::from_utf8_lossy(&m[1..]));
             }
-            Ok(Ok(Some(_))) => {}
+            Ok(Some(Ok(_))) => {}
             other => panic!("no {needle:?} on channel {channel}: {other:?}; seen:\n{seen}"),
         }
     }
@@ -105,16 +107,11 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap()
         .into_inner()
         .url;
-    let up = upgrade(
-        &url,
-        "",
-        Wire::Spdy,
-        &["v4.channel.k8s.io", "v3.channel.k8s.io"],
-    )
-    .await
-    .unwrap();
-    assert_eq!(up.protocol, "v4.channel.k8s.io");
-    let (session, _incoming) = spdy::Session::client(up.stream);
+    let (io, protocol) = upgrade_spdy(&url, "", &["v4.channel.k8s.io", "v3.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(protocol, "v4.channel.k8s.io");
+    let (session, _incoming) = spdy::Session::client(io);
     let mut error = session
         .open_stream(h(&[("streamtype", "error")]), false)
         .await
@@ -144,16 +141,11 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap()
         .into_inner()
         .url;
-    let up2 = upgrade(
-        &url2,
-        "",
-        Wire::WebSocket,
-        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
-    )
-    .await
-    .unwrap();
-    assert_eq!(up2.protocol, "v5.channel.k8s.io");
-    let mut ws = WebSocket::client(up2.stream);
+    let (mut ws, protocol) =
+        connect_websocket(&url2, "", &["v5.channel.k8s.io", "v4.channel.k8s.io"])
+            .await
+            .unwrap();
+    assert_eq!(protocol, "v5.channel.k8s.io");
 
     stdin.write(b"echo attach-$((6*7))\r").await.unwrap();
     let seen = read_until(&mut stdout, "attach-42", Duration::from_secs(30)).await;
@@ -189,10 +181,10 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap()
         .into_inner()
         .url;
-    let up = upgrade(&url, "", Wire::Spdy, &["portforward.k8s.io"])
+    let (io, _) = upgrade_spdy(&url, "", &["portforward.k8s.io"])
         .await
         .unwrap();
-    let (session, _incoming) = spdy::Session::client(up.stream);
+    let (session, _incoming) = spdy::Session::client(io);
     let mut datas = Vec::new();
     for (rid, port) in [("0", "22"), ("1", "22")] {
         let _err = session
@@ -231,7 +223,9 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap();
     let msg = read_until(&mut refused_err, "23", Duration::from_secs(20)).await;
     assert!(
-        msg.contains("error forwarding port 23") && msg.to_lowercase().contains("refused"),
+        msg.contains("error forwarding port 23 to pod")
+            && msg.contains("uid : ")
+            && msg.to_lowercase().contains("refused"),
         "{msg}"
     );
     session.close().await;
@@ -246,10 +240,9 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap()
         .into_inner()
         .url;
-    let up = upgrade(&url, "port=22", Wire::WebSocket, &["v4.channel.k8s.io"])
+    let (mut ws, _) = connect_websocket(&url, "port=22", &["v4.channel.k8s.io"])
         .await
         .unwrap();
-    let mut ws = WebSocket::client(up.stream);
     let banner = ws_read_until(&mut ws, 0, "SSH-2.0").await;
     assert!(banner.contains("SSH-2.0"), "{banner}");
     ws.send(Message::Close(None)).await.unwrap();
@@ -274,10 +267,9 @@ async fn attach_and_port_forward_reach_the_vm() {
         .unwrap()
         .into_inner()
         .url;
-    let up = upgrade(&url, "", Wire::WebSocket, &["v4.channel.k8s.io"])
+    let (mut ws, _) = connect_websocket(&url, "", &["v4.channel.k8s.io"])
         .await
         .unwrap();
-    let mut ws = WebSocket::client(up.stream);
     rt.stop_container(api::StopContainerRequest {
         container_id: c.clone(),
         timeout: 0,

@@ -8,9 +8,11 @@
 mod common;
 
 use common::{Daemon, assert_status};
+use futures::StreamExt;
 use k8s_cri::v1 as api;
+use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
-use virtlet_stream::client::{ClientError, Wire, upgrade};
+use virtlet_stream::client::{ClientError, connect_websocket, upgrade_spdy};
 
 async fn ready_pod(d: &Daemon) -> String {
     d.runtime()
@@ -44,11 +46,11 @@ async fn pf_url(d: &Daemon, id: &str, ports: Vec<i32>) -> Result<String, tonic::
         .map(|r| r.into_inner().url)
 }
 
-fn refused(r: Result<virtlet_stream::client::Upgraded, ClientError>) -> (u16, String) {
+fn refused<T>(r: Result<(T, String), ClientError>) -> (u16, String) {
     match r {
         Err(ClientError::Refused { status, body }) => (status, body),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(u) => panic!("expected an HTTP refusal, got an upgrade to {}", u.protocol),
+        Ok((_, protocol)) => panic!("expected an HTTP refusal, got an upgrade to {protocol}"),
     }
 }
 
@@ -110,48 +112,39 @@ async fn bad_stream_requests_get_clean_errors() {
     let url = pf_url(&d, &pod, vec![22]).await.unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let base = url.rsplit_once('/').unwrap().0.to_owned();
-    let (status, body) = refused(
-        upgrade(
-            &format!("{base}/not-a-token"),
-            "",
-            Wire::Spdy,
-            &["portforward.k8s.io"],
-        )
-        .await,
-    );
+    let (status, body) =
+        refused(upgrade_spdy(&format!("{base}/not-a-token"), "", &["portforward.k8s.io"]).await);
     assert_eq!(status, 404, "{body}");
     // An unsupported subprotocol: 403 naming both sides.
-    let (status, body) = refused(upgrade(&url, "", Wire::Spdy, &["v9.portforward.example"]).await);
+    let (status, body) = refused(upgrade_spdy(&url, "", &["v9.portforward.example"]).await);
     assert_eq!(status, 403);
     assert!(
         body.contains("unable to negotiate protocol") && body.contains("portforward.k8s.io"),
         "{body}"
     );
     // Tokens are single-use: that request used this one up.
-    let (status, _) = refused(upgrade(&url, "", Wire::Spdy, &["portforward.k8s.io"]).await);
+    let (status, _) = refused(upgrade_spdy(&url, "", &["portforward.k8s.io"]).await);
     assert_eq!(status, 404);
     // A fresh token works once; the pod has no address (loopback network), so the stream
     // reports the failure on its error channel.
     let url = pf_url(&d, &pod, vec![22]).await.unwrap();
-    let up = upgrade(&url, "port=22", Wire::WebSocket, &["v4.channel.k8s.io"])
+    let (mut ws, protocol) = connect_websocket(&url, "port=22", &["v4.channel.k8s.io"])
         .await
         .unwrap();
-    assert_eq!(up.protocol, "v4.channel.k8s.io");
-    let mut ws = virtlet_wire::websocket::WebSocket::client(up.stream);
+    assert_eq!(protocol, "v4.channel.k8s.io");
     let mut error_text = String::new();
     for _ in 0..4 {
-        match ws.recv().await.unwrap() {
-            Some(virtlet_wire::websocket::Message::Binary(m)) if m[0] == 1 && m.len() > 3 => {
+        match ws.next().await {
+            Some(Ok(Message::Binary(m))) if m[0] == 1 && m.len() > 3 => {
                 error_text = String::from_utf8_lossy(&m[1..]).into_owned();
                 break;
             }
-            Some(_) => {}
-            None => break,
+            Some(Ok(_)) => {}
+            _ => break,
         }
     }
     assert!(error_text.contains("has no IPv4 address"), "{error_text:?}");
-    let (status, _) =
-        refused(upgrade(&url, "port=22", Wire::WebSocket, &["v4.channel.k8s.io"]).await);
+    let (status, _) = refused(connect_websocket(&url, "port=22", &["v4.channel.k8s.io"]).await);
     assert_eq!(status, 404);
     // No upgrade at all.
     let url = pf_url(&d, &pod, vec![22]).await.unwrap();

@@ -512,9 +512,9 @@ async fn main() -> Result<()> {
 
 /// The console over WebSocket v5: stdout channel 1 to our stdout, our stdin to channel 0.
 async fn attach(rt: &mut RuntimeServiceClient<Channel>, container: &str) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    use virtlet_stream::client::{Wire, upgrade};
-    use virtlet_wire::websocket::{Message, WebSocket};
+    use tokio_tungstenite::tungstenite::Message;
     let url = rt
         .attach(api::AttachRequest {
             container_id: container.to_owned(),
@@ -527,28 +527,27 @@ async fn attach(rt: &mut RuntimeServiceClient<Channel>, container: &str) -> Resu
         .map_err(status_err)?
         .into_inner()
         .url;
-    let up = upgrade(
+    let (ws, _) = virtlet_stream::client::connect_websocket(
         &url,
         "",
-        Wire::WebSocket,
         &["v5.channel.k8s.io", "v4.channel.k8s.io"],
     )
     .await?;
     eprintln!("Attached to {container}'s serial console; Ctrl-] then Enter detaches.");
-    let (mut reader, writer) = WebSocket::client(up.stream).into_split();
+    let (mut writer, mut reader) = ws.split();
     let typing = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let mut m = vec![0u8];
             m.extend_from_slice(line.as_bytes());
             m.push(b'\r');
-            if writer.send(Message::Binary(m)).await.is_err() || line.contains('\x1d') {
+            if writer.send(Message::Binary(m.into())).await.is_err() || line.contains('\x1d') {
                 break;
             }
         }
     });
     let mut out = tokio::io::stdout();
-    while let Ok(Some(msg)) = reader.recv().await {
+    while let Some(Ok(msg)) = reader.next().await {
         if let Message::Binary(m) = msg
             && m.first() == Some(&1)
         {
@@ -569,8 +568,8 @@ async fn port_forward(
     local: u16,
     remote: u16,
 ) -> Result<()> {
-    use virtlet_stream::client::{Wire, upgrade};
-    use virtlet_wire::websocket::{Message, WebSocket};
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
     let listener = tokio::net::TcpListener::bind((address, local))
         .await
         .with_context(|| format!("cannot listen on {address}:{local}"))?;
@@ -596,21 +595,20 @@ async fn port_forward(
                     return;
                 }
             };
-            let up = match upgrade(
+            let ws = match virtlet_stream::client::connect_websocket(
                 &url,
                 &format!("port={remote}"),
-                Wire::WebSocket,
                 &["v4.channel.k8s.io"],
             )
             .await
             {
-                Ok(u) => u,
+                Ok((ws, _)) => ws,
                 Err(e) => {
                     eprintln!("{peer}: {e}");
                     return;
                 }
             };
-            let (mut reader, writer) = WebSocket::client(up.stream).into_split();
+            let (mut writer, mut reader) = ws.split();
             let (mut tr, mut tw) = tcp.into_split();
             let up_task = tokio::spawn(async move {
                 use tokio::io::AsyncReadExt;
@@ -621,7 +619,7 @@ async fn port_forward(
                         Ok(n) => {
                             let mut m = vec![0u8];
                             m.extend_from_slice(&buf[..n]);
-                            if writer.send(Message::Binary(m)).await.is_err() {
+                            if writer.send(Message::Binary(m.into())).await.is_err() {
                                 break;
                             }
                         }
@@ -631,7 +629,7 @@ async fn port_forward(
             });
             // The first message of each channel is its port number.
             let mut seen = [false; 2];
-            while let Ok(Some(msg)) = reader.recv().await {
+            while let Some(Ok(msg)) = reader.next().await {
                 let Message::Binary(m) = msg else { continue };
                 let Some(&ch) = m.first() else { continue };
                 let ch = usize::from(ch.min(1));

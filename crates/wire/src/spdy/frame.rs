@@ -21,13 +21,14 @@
 //! A header block, before compression, is `count(32)` then per pair `len(32) name len(32)
 //! value`, names lowercase, several values of one name joined by NUL. All header blocks of a
 //! direction go through one zlib stream with the SPDY/3 [dictionary](super::DICTIONARY), so
-//! the codec keeps one [`Inflater`] for received blocks and one [`Deflater`] for sent ones,
+//! the codec keeps one [`HeaderInflater`] for received blocks and one [`HeaderDeflater`] for
+//! sent ones (see [`super::compression`]),
 //! and frames must be decoded and encoded in connection order.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{DICTIONARY, SpdyError};
-use crate::zlib::{Deflater, Inflater};
+use super::SpdyError;
+use super::compression::{HeaderDeflater, HeaderInflater};
 
 /// The SPDY version this codec speaks.
 pub const VERSION: u16 = 3;
@@ -212,7 +213,7 @@ pub fn decode_header_block(block: &[u8]) -> Result<Headers, SpdyError> {
 /// Decodes frames received on a connection (owns the receive-side zlib context).
 #[derive(Debug)]
 pub struct FrameDecoder {
-    inflater: Inflater,
+    inflater: HeaderInflater,
     max_frame_len: usize,
 }
 
@@ -233,7 +234,7 @@ fn be32(b: &[u8]) -> u32 {
 impl FrameDecoder {
     pub fn new() -> Self {
         Self {
-            inflater: Inflater::with_dictionary(DICTIONARY),
+            inflater: HeaderInflater::new(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
         }
     }
@@ -398,7 +399,7 @@ impl FrameDecoder {
 /// Encodes frames sent on a connection (owns the send-side zlib context).
 #[derive(Debug)]
 pub struct FrameEncoder {
-    deflater: Deflater,
+    deflater: HeaderDeflater,
 }
 
 impl Default for FrameEncoder {
@@ -417,7 +418,7 @@ fn put_control(out: &mut BytesMut, kind: u16, flags: u8, len: usize) {
 impl FrameEncoder {
     pub fn new() -> Self {
         Self {
-            deflater: Deflater::with_dictionary(DICTIONARY),
+            deflater: HeaderDeflater::new(),
         }
     }
 
@@ -427,9 +428,9 @@ impl FrameEncoder {
         room: usize,
     ) -> Result<Vec<u8>, SpdyError> {
         let raw = encode_header_block(headers);
-        // Stored blocks: zlib header (6) + 5 bytes per 65535-byte block. Checked before
-        // compressing, so a refused block leaves the compression context untouched.
-        let size = 6 + raw.len() + 5 * (raw.len() / 65535 + 1);
+        // zlib's worst case, checked before compressing, so a refused block leaves the
+        // compression context untouched.
+        let size = HeaderDeflater::bound(raw.len());
         if size > MAX_PAYLOAD - room {
             return Err(SpdyError::FrameTooLarge(size));
         }
@@ -573,6 +574,7 @@ impl FrameCodec {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::spdy::DICTIONARY;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn h(pairs: &[(&str, &str)]) -> Headers {
@@ -876,7 +878,6 @@ mod tests {
     #[test]
     fn dictionary_is_the_spdy3_one() {
         assert_eq!(DICTIONARY.len(), 1423);
-        assert_eq!(crate::zlib::adler32(DICTIONARY), 0xe3c6_a7c2);
         assert!(DICTIONARY.starts_with(b"\x00\x00\x00\x07options\x00\x00\x00\x04head"));
         assert!(DICTIONARY.ends_with(b"charset=iso-8859-1,utf-,*,enq=0."));
         // The first part is length-prefixed header names up to "origin".

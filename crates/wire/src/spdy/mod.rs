@@ -6,11 +6,12 @@
 //!
 //! * [`Frame`] and [`FrameCodec`] (split into [`FrameDecoder`] and [`FrameEncoder`]): the
 //!   frame layouts of SPDY/3 and the per-connection zlib header compression with the SPDY/3
-//!   [`DICTIONARY`]. Header blocks are sent as stored zlib blocks (see [`crate::zlib`]).
+//!   [`DICTIONARY`] ([`compression`]: flate2, every block ending at a sync flush).
 //! * [`Session`]: a multiplexed connection over any `AsyncRead + AsyncWrite`, as server or
 //!   client, handing out [`Stream`]s. See its documentation for flow control and for the
 //!   interoperability rules with spdystream.
 
+pub mod compression;
 mod dictionary;
 mod frame;
 mod session;
@@ -24,7 +25,7 @@ pub use frame::{
 };
 pub use session::{Session, SessionConfig, Stream, StreamAcceptor, StreamReader, StreamWriter};
 
-use crate::zlib::ZlibError;
+use compression::CompressionError;
 
 /// Errors of the SPDY codec and session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +37,7 @@ pub enum SpdyError {
     #[error("SPDY frame payload of {0} bytes exceeds the limit")]
     FrameTooLarge(usize),
     #[error("SPDY header compression: {0}")]
-    Compression(#[from] ZlibError),
+    Compression(#[from] CompressionError),
     #[error("invalid SPDY header block: {0}")]
     HeaderBlock(&'static str),
     #[error("SPDY connection closed")]
