@@ -4,6 +4,12 @@
 # SYSLINUX, Debian's cloud kernel and a busybox-static initramfs that runs
 # the cloud-init subset of rootfs/usr/libexec/virtlet/cloudinit.sh and
 # dropbear. Everything runs from the initramfs; the disk is only read at boot.
+#
+# The same build also makes tiny-container.qcow2 (next to tiny.qcow2): the same kernel and
+# initramfs plus a second archive from container/, which makes rcS run the container's
+# command as its one process, with the console as stdin and output, and power off when it
+# ends (a web server on port 80 when there is no command). Container tests (critest) map
+# container image names to it.
 
 TINY_DISK_MIB=64          # virtual disk size
 TINY_PART_START=2048      # sectors (1 MiB)
@@ -32,6 +38,21 @@ strip_module_sig() {
 	siglen=$(tail -c 32 "$f" | head -c 4 | od -An -tu1 | awk '{ print $1 * 16777216 + $2 * 65536 + $3 * 256 + $4 }')
 	[ "$siglen" -gt 0 ] && [ "$siglen" -lt "$size" ] || return 0
 	truncate -s $((size - 40 - siglen)) "$f"
+}
+
+# tiny_disk OUT_QCOW2 INITRD PART_MIB: the boot partition with the kernel and INITRD on an
+# MBR disk, as qcow2
+tiny_disk() {
+	local out="$1" initrd="$2" part_mib="$3"
+	make_boot_fat "$WORK/boot.img" "$part_mib" "$TINY_PART_START" VIRTLETBOOT \
+		"$WORK/vmlinuz" "$initrd" "$WORK/syslinux.cfg"
+	make_disk "$WORK/disk.raw" "$TINY_DISK_MIB" <<EOF
+label: dos
+start=$TINY_PART_START, type=e, bootable
+EOF
+	put_partition "$WORK/disk.raw" "$WORK/boot.img" "$TINY_PART_START"
+	qemu-img convert -f raw -O qcow2 "$WORK/disk.raw" "$out"
+	rm -f "$WORK/disk.raw" "$WORK/boot.img"
 }
 
 build_tiny() {
@@ -68,7 +89,7 @@ lib $lib $p $(pkg_version "$p")"
 	done
 	inputs=$(printf '%s\n' "$inputs" | sort -u)
 
-	if up_to_date tiny "$inputs"; then
+	if up_to_date tiny "$inputs" && [ -s "$CACHE/tiny/tiny-container.qcow2" ]; then
 		log "tiny image is up to date"
 		echo "$CACHE/tiny/tiny.qcow2"
 		return 0
@@ -151,6 +172,14 @@ lib $lib $p $(pkg_version "$p")"
 	(cd "$root" && find . | sort | cpio --quiet -o -H newc -R 0:0) | gzip -9 >"$WORK/initrd.gz"
 	cp "$kroot/boot/vmlinuz-$kver" "$WORK/vmlinuz"
 
+	# the container variant: a second archive appended (the kernel unpacks both)
+	mkdir -p "$WORK/container"
+	cp -a "$IMAGES_DIR/tiny/container/." "$WORK/container/"
+	chmod 755 "$WORK/container/etc/virtlet/default-command"
+	(cd "$WORK/container" && find . | sort | cpio --quiet -o -H newc -R 0:0) | gzip -9 >"$WORK/container.cpio.gz"
+	mkdir -p "$WORK/variant"
+	cat "$WORK/initrd.gz" "$WORK/container.cpio.gz" >"$WORK/variant/initrd.gz"
+
 	# ---- boot partition + disk ----
 	cat >"$WORK/syslinux.cfg" <<EOF
 DEFAULT virtlet
@@ -162,15 +191,11 @@ LABEL virtlet
   APPEND $TINY_CMDLINE
 EOF
 	local part_mib=$((TINY_DISK_MIB - TINY_PART_START / 2048))
-	make_boot_fat "$WORK/boot.img" "$part_mib" "$TINY_PART_START" VIRTLETBOOT \
-		"$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg"
-	make_disk "$WORK/disk.raw" "$TINY_DISK_MIB" <<EOF
-label: dos
-start=$TINY_PART_START, type=e, bootable
-EOF
-	put_partition "$WORK/disk.raw" "$WORK/boot.img" "$TINY_PART_START"
-	qemu-img convert -f raw -O qcow2 "$WORK/disk.raw" "$WORK/tiny.qcow2"
+	tiny_disk "$WORK/tiny.qcow2" "$WORK/initrd.gz" "$part_mib"
+	tiny_disk "$WORK/tiny-container.qcow2" "$WORK/variant/initrd.gz" "$part_mib"
 
+	mkdir -p "$CACHE/tiny"
+	mv -f "$WORK/tiny-container.qcow2" "$CACHE/tiny/tiny-container.qcow2"
 	publish tiny "$WORK/tiny.qcow2" "$inputs"
 	local secs=$(($(date +%s) - START))
 	{

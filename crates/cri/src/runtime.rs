@@ -76,6 +76,17 @@ impl RuntimeServer {
     }
 }
 
+/// Runs a call that changes state to its end in a task of its own: a client that gives up
+/// (crictl's 2 s default timeout, a cancelled context) must not stop it halfway, with a domain
+/// defined and no record of it. The answer is dropped if nobody waits for it.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))
+}
+
 fn not_yet(call: &str, why: &str) -> Status {
     tracing::debug!(call, "unimplemented CRI call");
     Status::unimplemented(format!(
@@ -365,12 +376,12 @@ impl RuntimeService for RuntimeServer {
             .config
             .ok_or_else(|| Status::invalid_argument("config is missing"))?;
         let span = info_span!("RunPodSandbox", pod = %config.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default());
-        let id = self
-            .manager
-            .run_pod_sandbox(config, req.runtime_handler)
-            .instrument(span)
-            .await
-            .map_err(|e| manager_error_status(&e))?;
+        let m = self.manager.clone();
+        let id = to_completion(
+            async move { m.run_pod_sandbox(config, req.runtime_handler).await }.instrument(span),
+        )
+        .await?
+        .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -381,10 +392,10 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::StopPodSandboxRequest>,
     ) -> Result<Response<api::StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        self.manager
-            .stop_pod_sandbox(&id)
-            .instrument(info_span!("StopPodSandbox", id = %short(&id)))
-            .await
+        let m = self.manager.clone();
+        let span = info_span!("StopPodSandbox", id = %short(&id));
+        to_completion(async move { m.stop_pod_sandbox(&id).await }.instrument(span))
+            .await?
             .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::StopPodSandboxResponse {}))
     }
@@ -394,10 +405,10 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::RemovePodSandboxRequest>,
     ) -> Result<Response<api::RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
-        self.manager
-            .remove_pod_sandbox(&id)
-            .instrument(info_span!("RemovePodSandbox", id = %short(&id)))
-            .await
+        let m = self.manager.clone();
+        let span = info_span!("RemovePodSandbox", id = %short(&id));
+        to_completion(async move { m.remove_pod_sandbox(&id).await }.instrument(span))
+            .await?
             .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::RemovePodSandboxResponse {}))
     }
@@ -456,12 +467,16 @@ impl RuntimeService for RuntimeServer {
             .config
             .ok_or_else(|| Status::invalid_argument("config is missing"))?;
         let span = info_span!("CreateContainer", sandbox = %short(&req.pod_sandbox_id));
-        let id = self
-            .manager
-            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
-            .instrument(span)
-            .await
-            .map_err(|e| manager_error_status(&e))?;
+        let m = self.manager.clone();
+        let id = to_completion(
+            async move {
+                m.create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+                    .await
+            }
+            .instrument(span),
+        )
+        .await?
+        .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::CreateContainerResponse {
             container_id: id,
         }))
@@ -472,10 +487,10 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::StartContainerRequest>,
     ) -> Result<Response<api::StartContainerResponse>, Status> {
         let id = request.into_inner().container_id;
-        self.manager
-            .start_container(&id)
-            .instrument(info_span!("StartContainer", id = %short(&id)))
-            .await
+        let m = self.manager.clone();
+        let span = info_span!("StartContainer", id = %short(&id));
+        to_completion(async move { m.start_container(&id).await }.instrument(span))
+            .await?
             .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::StartContainerResponse {}))
     }
@@ -485,13 +500,14 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::StopContainerRequest>,
     ) -> Result<Response<api::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        self.manager
-            .stop_container(&req.container_id, req.timeout)
-            .instrument(
-                info_span!("StopContainer", id = %short(&req.container_id), timeout = req.timeout),
-            )
-            .await
-            .map_err(|e| manager_error_status(&e))?;
+        let m = self.manager.clone();
+        let span =
+            info_span!("StopContainer", id = %short(&req.container_id), timeout = req.timeout);
+        to_completion(
+            async move { m.stop_container(&req.container_id, req.timeout).await }.instrument(span),
+        )
+        .await?
+        .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::StopContainerResponse {}))
     }
 
@@ -500,10 +516,10 @@ impl RuntimeService for RuntimeServer {
         request: Request<api::RemoveContainerRequest>,
     ) -> Result<Response<api::RemoveContainerResponse>, Status> {
         let id = request.into_inner().container_id;
-        self.manager
-            .remove_container(&id)
-            .instrument(info_span!("RemoveContainer", id = %short(&id)))
-            .await
+        let m = self.manager.clone();
+        let span = info_span!("RemoveContainer", id = %short(&id));
+        to_completion(async move { m.remove_container(&id).await }.instrument(span))
+            .await?
             .map_err(|e| manager_error_status(&e))?;
         Ok(Response::new(api::RemoveContainerResponse {}))
     }
