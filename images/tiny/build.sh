@@ -40,12 +40,12 @@ strip_module_sig() {
 	truncate -s $((size - 40 - siglen)) "$f"
 }
 
-# tiny_disk OUT_QCOW2 INITRD PART_MIB: the boot partition with the kernel and INITRD on an
-# MBR disk, as qcow2
+# tiny_disk OUT_QCOW2 INITRD SYSLINUX_CFG PART_MIB: the boot partition with the kernel,
+# INITRD and SYSLINUX_CFG on an MBR disk, as qcow2
 tiny_disk() {
-	local out="$1" initrd="$2" part_mib="$3"
+	local out="$1" initrd="$2" cfg="$3" part_mib="$4"
 	make_boot_fat "$WORK/boot.img" "$part_mib" "$TINY_PART_START" VIRTLETBOOT \
-		"$WORK/vmlinuz" "$initrd" "$WORK/syslinux.cfg"
+		"$WORK/vmlinuz" "$initrd" "$cfg"
 	make_disk "$WORK/disk.raw" "$TINY_DISK_MIB" <<EOF
 label: dos
 start=$TINY_PART_START, type=e, bootable
@@ -190,9 +190,25 @@ LABEL virtlet
   INITRD /initrd.gz
   APPEND $TINY_CMDLINE
 EOF
+	# The container variant talks on the serial line from its first moment (SYSLINUX, the
+	# kernel's early console): a client attached right after the start sees its output begin
+	# at once and run on until the container's process starts, as container tests expect.
+	mkdir -p "$WORK/variant/cfg"
+	cat >"$WORK/variant/cfg/syslinux.cfg" <<EOF
+SERIAL 0 115200
+SAY virtlet tiny-container: loading the kernel
+DEFAULT virtlet
+PROMPT 0
+TIMEOUT 0
+LABEL virtlet
+  LINUX /vmlinuz
+  INITRD /initrd.gz
+  APPEND $TINY_CMDLINE earlyprintk=serial,ttyS0,115200
+EOF
 	local part_mib=$((TINY_DISK_MIB - TINY_PART_START / 2048))
-	tiny_disk "$WORK/tiny.qcow2" "$WORK/initrd.gz" "$part_mib"
-	tiny_disk "$WORK/tiny-container.qcow2" "$WORK/variant/initrd.gz" "$part_mib"
+	tiny_disk "$WORK/tiny.qcow2" "$WORK/initrd.gz" "$WORK/syslinux.cfg" "$part_mib"
+	tiny_disk "$WORK/tiny-container.qcow2" "$WORK/variant/initrd.gz" \
+		"$WORK/variant/cfg/syslinux.cfg" "$part_mib"
 
 	mkdir -p "$CACHE/tiny"
 	mv -f "$WORK/tiny-container.qcow2" "$CACHE/tiny/tiny-container.qcow2"

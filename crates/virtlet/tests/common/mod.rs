@@ -17,6 +17,7 @@ use k8s_cri::v1::{
 use tonic::transport::Channel;
 
 pub mod cni;
+pub mod kubelet;
 pub mod tools;
 pub mod vm;
 

@@ -514,25 +514,22 @@ run_script() {
 	[ "$rc" = 0 ] || log "$s exited with $rc"
 }
 
-# run_container SCRIPT: runs SCRIPT as a container's process would run: the console is
-# its output (no CR added to newlines) and, through a pipe, its stdin (no echo; Ctrl-D on
-# an empty line is end-of-file, which is how virtlet closes a stdinOnce container's stdin).
-# A pipe rather than the terminal itself, so a shell reading it is not interactive: no
-# prompt, as with `docker run -i`. The VM powers off when the script ends.
+# run_container SCRIPT: runs SCRIPT as a container's process would run without a terminal:
+# stdin is the console (no echo; Ctrl-D on an empty line is end-of-file, which is how virtlet
+# closes a stdinOnce container's stdin), stdout and stderr reach the console through a pipe,
+# so a shell is not interactive (no banner, no prompt), as with `docker run -i`. The VM powers
+# off when the script ends.
 run_container() {
-	local s="$1" rc catpid
+	local s="$1" rc
 	chmod 755 "$s"
 	echo 1 >/proc/sys/kernel/printk   # only emergencies: kernel lines would mix into output
 	stty -F /dev/console -echo -onlcr icanon 2>/dev/null
-	rm -f /run/container-stdin
-	mkfifo /run/container-stdin
-	cat /dev/console >/run/container-stdin &
-	catpid=$!
-	(load_cloud_env; cd /root && exec sh "$s") </run/container-stdin >/dev/console 2>&1
-	rc=$?
-	kill "$catpid" 2>/dev/null
+	rm -f /run/container-rc
+	( (load_cloud_env; cd /root && exec sh "$s") </dev/console 2>&1
+		echo "$?" >/run/container-rc) | cat >/dev/console
+	read -r rc </run/container-rc 2>/dev/null
 	stty -F /dev/console echo onlcr 2>/dev/null
-	log "container process exited with status $rc; powering off"
+	log "container process exited with status ${rc:-?}; powering off"
 	sync
 	poweroff -f
 }
