@@ -4,7 +4,9 @@
 
 mod image;
 mod listing;
+mod metrics;
 mod runtime;
+pub mod serve;
 mod service;
 mod status;
 pub mod stream;

@@ -723,11 +723,93 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(api::PortForwardResponse { url }))
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<api::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<api::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(api::ListMetricDescriptorsResponse {
+            descriptors: crate::metrics::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<api::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<api::ListPodSandboxMetricsResponse>, Status> {
+        let mut pod_metrics = Vec::new();
+        for s in self.manager.list_sandboxes(None) {
+            let meta = s.config.metadata.clone().unwrap_or_default();
+            let mut containers = Vec::new();
+            for c in self.manager.list_containers(Some(&api::ContainerFilter {
+                pod_sandbox_id: s.id.clone(),
+                ..Default::default()
+            })) {
+                let Ok(Some((rec, vm, fs))) = self.manager.sample(&c.id).await else {
+                    continue;
+                };
+                let resources = rec
+                    .config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.resources.clone())
+                    .unwrap_or_default();
+                let sample = crate::metrics::Sample {
+                    container: rec
+                        .config
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default(),
+                    id: rec.id.clone(),
+                    image: rec
+                        .config
+                        .image
+                        .as_ref()
+                        .map(|i| i.image.clone())
+                        .unwrap_or_default(),
+                    domain: rec.domain_name.clone(),
+                    namespace: meta.namespace.clone(),
+                    pod: meta.name.clone(),
+                    vm,
+                    root_disk: s
+                        .root_disk_of(
+                            rec.config
+                                .metadata
+                                .as_ref()
+                                .map(|m| m.name.as_str())
+                                .unwrap_or(""),
+                        )
+                        .map(|r| r.path.display().to_string())
+                        .unwrap_or_default(),
+                    fs_capacity_bytes: fs.capacity_bytes,
+                    fs_inodes_total: fs.inodes_total,
+                    fs_inodes_free: fs.inodes_free,
+                    cpu_period: resources.cpu_period,
+                    cpu_shares: resources.cpu_shares,
+                    memory_limit_bytes: resources.memory_limit_in_bytes,
+                    memory_swap_limit_bytes: resources.memory_swap_limit_in_bytes,
+                    started_at_ns: rec.started_at_ns,
+                    now_ns: now_ns(),
+                };
+                containers.push(api::ContainerMetrics {
+                    container_id: rec.id.clone(),
+                    metrics: crate::metrics::container_metrics(&sample),
+                });
+            }
+            pod_metrics.push(api::PodSandboxMetrics {
+                pod_sandbox_id: s.id.clone(),
+                metrics: Vec::new(),
+                container_metrics: containers,
+            });
+        }
+        Ok(Response::new(api::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
     unimplemented_calls! {
         exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
         exec(ExecRequest) -> ExecResponse = "Exec", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer", "VM checkpoints are not supported";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors", "use the CRI stats calls";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics", "use the CRI stats calls";
     }
 }

@@ -1331,6 +1331,36 @@ impl Manager {
         Ok((rec, stats))
     }
 
+    /// Everything CRI's metrics need of a running container's VM: libvirt's and the QEMU
+    /// process's figures and the root disk's filesystem (capacity, inodes total and free).
+    /// `None` for a container that is not running.
+    pub async fn sample(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ContainerRecord, virtlet_vm::VmSample, FsFigures)>> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Ok(None);
+        }
+        let lv = self.libvirt.clone();
+        let name = rec.domain_name.clone();
+        let target = rec.root_target.clone();
+        let dir = self.config.vm_dir.clone();
+        let (sample, fs) = blocking(move || {
+            let sample = lv.sample(&name, &target).unwrap_or_default();
+            let fs = nix::sys::statvfs::statvfs(&dir)
+                .map(|v| FsFigures {
+                    capacity_bytes: v.blocks() * v.fragment_size(),
+                    inodes_total: v.files(),
+                    inodes_free: v.files_available(),
+                })
+                .unwrap_or_default();
+            (sample, fs)
+        })
+        .await?;
+        Ok(Some((rec, sample, fs)))
+    }
+
     // ----- exits and recovery -----
 
     async fn poll_exits(&self) {
@@ -1481,6 +1511,14 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// The filesystem VM disks live on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsFigures {
+    pub capacity_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
 }
 
 /// How long StopContainer waits for the guest to power off before forcing it: the CRI timeout

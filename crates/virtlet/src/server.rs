@@ -8,8 +8,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use virtlet_core::annotations::CpuModel;
 use virtlet_core::vmspec::DomainType;
@@ -211,22 +209,21 @@ pub async fn run(config: Config) -> Result<()> {
 
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "virtlet is serving CRI");
-    let served = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(runtime)
-        .add_service(image)
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|conn| {
-                conn.inspect(|c| {
-                    if let Err(e) = socket2::SockRef::from(c).set_send_buffer_size(CRI_SEND_BUFFER)
-                    {
-                        tracing::debug!(error = %e, "cannot enlarge a CRI connection's send buffer");
-                    }
-                })
-            }),
-            shutdown_signal(),
-        )
-        .await;
+        .add_service(image);
+    let served = virtlet_cri::serve::serve(
+        listener,
+        routes,
+        |c| {
+            if let Err(e) = socket2::SockRef::from(c).set_send_buffer_size(CRI_SEND_BUFFER) {
+                tracing::debug!(error = %e, "cannot enlarge a CRI connection's send buffer");
+            }
+        },
+        shutdown_signal(),
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     let _ = std::fs::remove_file(&config.listen);
     served.context("the gRPC server failed")?;
     info!("virtlet stopped");

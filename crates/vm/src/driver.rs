@@ -52,6 +52,16 @@ pub struct VmStats {
     pub disk_bytes: u64,
 }
 
+/// What CRI's metrics are made of: [`VmStats`], libvirt's user and system CPU split, and the
+/// QEMU process's figures ([`crate::sample`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmSample {
+    pub stats: VmStats,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub process: crate::sample::ProcessSample,
+}
+
 pub struct Libvirt {
     uri: String,
     conn: Mutex<Connect>,
@@ -286,6 +296,37 @@ impl Libvirt {
                 stats.disk_bytes = b.allocation;
             }
             Ok(stats)
+        })
+    }
+
+    /// [`stats`](Self::stats) plus the CPU time split and the QEMU process's own figures
+    /// (found through libvirt's pid file for `qemu:///system`; zeros elsewhere).
+    pub fn sample(&self, name: &str, root_target: &str) -> Result<VmSample, DriverError> {
+        let stats = self.stats(name, root_target)?;
+        let (user, system) = self
+            .call("read CPU stats of", name, |c| {
+                let d = c.lookup_domain_by_name(name)?;
+                Ok(d.cpu_stats(-1, 1, 0)
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
+                    .map(|s| (s.user_time.unwrap_or(0), s.system_time.unwrap_or(0)))
+                    .unwrap_or((0, 0)))
+            })
+            .unwrap_or((0, 0));
+        let process = (self.uri == "qemu:///system")
+            .then(|| {
+                std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+            })
+            .flatten()
+            .map(crate::sample::read_process)
+            .unwrap_or_default();
+        Ok(VmSample {
+            stats,
+            cpu_user_ns: user,
+            cpu_system_ns: system,
+            process,
         })
     }
 

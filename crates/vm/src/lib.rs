@@ -6,5 +6,6 @@ pub mod disk;
 pub mod domain_xml;
 pub mod driver;
 pub mod kvm;
+pub mod sample;
 
-pub use driver::{DomainStatus, DriverError, ExitInfo, Libvirt, VmStats};
+pub use driver::{DomainStatus, DriverError, ExitInfo, Libvirt, VmSample, VmStats};
