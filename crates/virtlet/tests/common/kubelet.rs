@@ -7,8 +7,21 @@ use std::time::{Duration, Instant};
 
 use super::tools::{free_port, tool};
 
+/// How a kubelet runs: standalone (static pods only) or a node of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct KubeletOptions {
+    /// A cluster's kubelet kubeconfig: the kubelet registers the node and runs the pods
+    /// scheduled to it. The API server reaches it at the node's address (the host's, since the
+    /// kubelet refuses a loopback node IP), so it listens on every address then.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--root-dir` (default `<dir>/root`); its `pods` folder is what virtlet's
+    /// `--kubelet-root-dir` must name for volumes to be allowed.
+    pub root_dir: Option<PathBuf>,
+}
+
 pub struct Kubelet {
     child: Option<Child>,
+    opts: KubeletOptions,
     pub dir: PathBuf,
     pub manifests: PathBuf,
     pub node: String,
@@ -22,6 +35,10 @@ impl Kubelet {
     /// Writes the kubelet's config (the cgroup v1, no-systemd settings of the tools README)
     /// under `dir` and starts it against `socket`.
     pub fn start(dir: &Path, socket: &Path, node: &str) -> Kubelet {
+        Kubelet::start_with(dir, socket, node, KubeletOptions::default())
+    }
+
+    pub fn start_with(dir: &Path, socket: &Path, node: &str, opts: KubeletOptions) -> Kubelet {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::create_dir_all(dir.join("pod-logs")).unwrap();
@@ -41,7 +58,7 @@ authorization: {{mode: AlwaysAllow}}
 readOnlyPort: 0
 healthzPort: 0
 port: {port}
-address: 127.0.0.1
+address: {address}
 failSwapOn: false
 containerRuntimeEndpoint: {endpoint}
 imageServiceEndpoint: {endpoint}
@@ -52,10 +69,12 @@ imageGCHighThresholdPercent: 100
 ",
             manifests = manifests.display(),
             logs = dir.join("pod-logs").display(),
+            address = if opts.kubeconfig.is_some() { "0.0.0.0" } else { "127.0.0.1" },
         );
         std::fs::write(dir.join("kubelet.yaml"), config).unwrap();
         let mut k = Kubelet {
             child: None,
+            opts,
             dir: dir.to_owned(),
             manifests,
             node: node.to_owned(),
@@ -71,14 +90,23 @@ imageGCHighThresholdPercent: 100
         self.starts += 1;
         self.log = self.dir.join(format!("kubelet.{}.log", self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(tool("kubelet"))
-            .arg("--config")
+        let mut cmd = Command::new(tool("kubelet"));
+        cmd.arg("--config")
             .arg(self.dir.join("kubelet.yaml"))
             .arg("--root-dir")
-            .arg(self.dir.join("root"))
+            .arg(
+                self.opts
+                    .root_dir
+                    .clone()
+                    .unwrap_or_else(|| self.dir.join("root")),
+            )
             .arg("--cert-dir")
             .arg(self.dir.join("pki"))
-            .args(["--hostname-override", &self.node, "--v=2"])
+            .args(["--hostname-override", &self.node, "--v=2"]);
+        if let Some(kc) = &self.opts.kubeconfig {
+            cmd.arg("--kubeconfig").arg(kc);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,387 @@
+//! A single-node cluster from `../shared/tools` (etcd, kube-apiserver, controller-manager,
+//! scheduler, started by `cluster-up`) with the real kubelet as its node and virtlet as the
+//! node's runtime; kubectl through the API server: `apply` of a VM pod, `logs`, `attach -i`,
+//! `port-forward` (WebSocket, kubectl's default, and SPDY; several connections at once; a
+//! port where nothing listens), and `delete` with a grace period.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cni::TestNet;
+use common::kubelet::{Kubelet, KubeletOptions};
+use common::tools::{free_port, tools_dir};
+use common::vm::{DomainGuard, MARKER, repo_root, require_libvirtd, tiny_image};
+use common::{Daemon, Options};
+use virtlet_testkit::{Route, TestServer};
+
+const NODE: &str = "virtlet-cluster-node";
+
+/// The control plane of `cluster-up`, stopped (and its folder removed) when dropped.
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn up(dir: &Path) -> Cluster {
+        let script = repo_root().join("../shared/tools/cluster-up");
+        assert!(script.exists(), "{} is missing", script.display());
+        let (api, etcd) = (free_port(), free_port());
+        let out = Command::new(&script)
+            .arg(dir)
+            .env("NODE_NAME", NODE)
+            .env("APISERVER_PORT", api.to_string())
+            .env("ETCD_PORT", etcd.to_string())
+            .env("KCM_PORT", free_port().to_string())
+            .env("SCHED_PORT", free_port().to_string())
+            .output()
+            .unwrap();
+        let c = Cluster {
+            dir: dir.to_owned(),
+            kubeconfig: dir.join("admin.kubeconfig"),
+        };
+        assert!(
+            out.status.success(),
+            "cluster-up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(tools_dir().join("bin/kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// [`ok`](Self::ok), retried for a minute while the API server is still settling
+    /// ("the server is currently unable to handle the request").
+    fn ok_settled(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self
+                .kubectl()
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            if out.status.success() || Instant::now() > deadline {
+                return self.ok(args);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("../shared/tools/cluster-down"))
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// A background kubectl (port-forward) whose output lines are collected.
+struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(mut cmd: Command) -> Background {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        Background { child, lines }
+    }
+
+    fn wait_for(&self, needle: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    seen.push(l);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no {needle:?} within {within:?}:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_through_a_cluster() {
+    require_libvirtd();
+    let image = tiny_image();
+    let net = TestNet::new(47);
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        cni_conflist: Some(net.conflist(60, true, &[])),
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let server = TestServer::http().await.unwrap();
+    server.route(
+        "/tiny.qcow2",
+        Route::Content(std::fs::read(&image).unwrap().into()),
+    );
+    d.write_translation(
+        "t.yaml",
+        &format!(
+            "translations:\n  - name: tiny\n    url: {}\n",
+            server.url("/tiny.qcow2")
+        ),
+    );
+    let cluster = Cluster::up(&d.dir.path().join("cluster"));
+    let k = Kubelet::start_with(
+        &d.dir.path().join("kubelet-node"),
+        &d.socket,
+        NODE,
+        KubeletOptions {
+            kubeconfig: Some(cluster.dir.join("kubelet.kubeconfig")),
+            // The pods' files (/etc/hosts, the termination log) are under the folder the
+            // daemon's --kubelet-root-dir allows.
+            root_dir: Some(d.dir.path().join("kubelet")),
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster
+        .ok(&[
+            "get",
+            "node",
+            NODE,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .contains("True")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node is not Ready:\n{}",
+            k.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // kubectl apply: a VM pod serving HTTP on 8080.
+    let user_data = "runcmd:\n  - [sh, -c, 'mkdir -p /www && echo hello-through-kubectl >/www/index.html && httpd -p 8080 -h /www']\n";
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: vm
+  annotations:
+    kubernetes.io/target-runtime: virtlet.cloud
+    VirtletCloudInitUserData: {ud}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: vm
+    image: virtlet.cloud/tiny
+    stdin: true
+    tty: true
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 2
+",
+        ud = serde_json::json!(user_data)
+    );
+    let file = d.dir.path().join("pod.yaml");
+    std::fs::write(&file, pod).unwrap();
+    let started = Instant::now();
+    // --validate=false: this build of kube-apiserver serves OpenAPI documents kubectl cannot
+    // read ("$root has invalid property: Extensions"), which client-side validation needs.
+    cluster.ok_settled(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !cluster
+        .ok(&[
+            "get",
+            "pod",
+            "vm",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .contains("True")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pod vm is not Ready:\n{}\nkubelet log (end):\n{}",
+            cluster.ok(&["describe", "pod", "vm"]),
+            k.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("kubectl apply to Ready: {:?}", started.elapsed());
+    let cid = cluster.ok(&[
+        "get",
+        "pod",
+        "vm",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    guard
+        .0
+        .push(cid.trim_start_matches("virtlet://").to_owned());
+
+    // kubectl logs: the serial console.
+    let logs = cluster.ok(&["logs", "vm"]);
+    assert!(logs.contains(MARKER), "{logs}");
+
+    // kubectl attach -i: typed into the console, the guest's answer comes back.
+    let mut attach = cluster
+        .kubectl()
+        .args(["attach", "-i", "vm", "-c", "vm"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = attach.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stdin
+        .write_all(b"\necho kubectl-attach-$((6*7))\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    drop(stdin);
+    let out = attach.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kubectl-attach-42"),
+        "kubectl attach ({}) saw:\n{text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kubectl port-forward, WebSocket (kubectl's default) and SPDY.
+    for (how, websockets) in [("websocket", "true"), ("spdy", "false")] {
+        let local = free_port();
+        let mut cmd = cluster.kubectl();
+        cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .args(["port-forward", "pod/vm", &format!("{local}:8080")]);
+        let pf = Background::start(cmd);
+        pf.wait_for("Forwarding from 127.0.0.1", Duration::from_secs(30));
+        let answers: Vec<String> = (0..3)
+            .map(|_| std::thread::spawn(move || http_get(local)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for a in answers {
+            assert!(a.contains("hello-through-kubectl"), "{how}: {a:?}");
+        }
+        drop(pf);
+        // A port where nothing listens: kubectl reports the runtime's error.
+        let local = free_port();
+        let mut cmd = cluster.kubectl();
+        cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .args(["port-forward", "pod/vm", &format!("{local}:9")]);
+        let pf = Background::start(cmd);
+        pf.wait_for("Forwarding from 127.0.0.1", Duration::from_secs(30));
+        let mut s = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let said = pf.wait_for("error forwarding port 9", Duration::from_secs(20));
+        assert!(
+            said.iter().any(|l| l.contains("refused")),
+            "{how}: {said:?}"
+        );
+    }
+
+    // kubectl delete with a grace period: the VM is powered off (ACPI) and removed.
+    let started = Instant::now();
+    cluster.ok(&[
+        "delete",
+        "pod",
+        "vm",
+        "--grace-period=20",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    eprintln!("kubectl delete: {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut rt = d.runtime().await;
+        let pods = rt
+            .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if pods.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod's sandbox stayed: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    drop(k);
+}
