@@ -64,6 +64,25 @@ enum Cmd {
         #[arg(long)]
         pid: u32,
     },
+    /// Through a standalone kubelet: a static pod's manifest written to the pod Running (as
+    /// the kubelet reports it) and to the guest's marker in its log, vs `virsh create` of the
+    /// same domain XML to the same marker on its console.
+    Kubelet {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The kubelet's static pod folder.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// The kubelet's podLogsDir.
+        #[arg(long)]
+        pod_logs: PathBuf,
+        /// The kubelet's API port (https on 127.0.0.1).
+        #[arg(long)]
+        port: u16,
+        /// The kubelet's node name (static pods are named `<pod>-<node>`).
+        #[arg(long)]
+        node: String,
+    },
     /// Full pod lifecycles one after another; first vs last durations, and leaks afterwards.
     Steady {
         #[arg(long, default_value_t = 100)]
@@ -172,6 +191,49 @@ impl Cri {
             })
             .await?;
         Ok(())
+    }
+
+    /// Whether a sandbox of the pod named `name` exists.
+    async fn has_pod(&mut self, name: &str) -> Result<bool> {
+        let pods = self
+            .rt
+            .list_pod_sandbox(api::ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items;
+        Ok(pods
+            .iter()
+            .any(|p| p.metadata.as_ref().is_some_and(|m| m.name == name)))
+    }
+
+    /// The container of the pod named `name`.
+    async fn container_of_pod(&mut self, name: &str) -> Result<String> {
+        let pods = self
+            .rt
+            .list_pod_sandbox(api::ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items;
+        let pod = pods
+            .iter()
+            .find(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+            .with_context(|| format!("no pod {name}"))?;
+        let cs = self
+            .rt
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .containers;
+        Ok(cs
+            .first()
+            .with_context(|| format!("pod {name} has no container"))?
+            .id
+            .clone())
     }
 
     async fn domain_of(&mut self, container: &str) -> Result<String> {
@@ -379,6 +441,95 @@ async fn main() -> Result<()> {
                 }
             }
             json!({ "virtlet_s": a, "baseline_s": b })
+        }
+        Cmd::Kubelet {
+            runs,
+            manifests,
+            pod_logs,
+            port,
+            node,
+        } => {
+            let (mut running, mut ready, mut base) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..runs + 1 {
+                let name = format!("kb{i}");
+                let manifest = manifests.join(format!("{name}.yaml"));
+                let t = Instant::now();
+                std::fs::write(
+                    &manifest,
+                    format!(
+                        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  annotations:\n    kubernetes.io/target-runtime: virtlet.cloud\nspec:\n  containers:\n  - name: vm\n    image: {}\n    imagePullPolicy: IfNotPresent\n",
+                        cli.image
+                    ),
+                )?;
+                let full = format!("{name}-{node}");
+                let uid = loop {
+                    if let Some((phase, uid)) = kubelet_pod(port, &full)?
+                        && phase == "Running"
+                    {
+                        break uid;
+                    }
+                    anyhow::ensure!(
+                        t.elapsed() < Duration::from_secs(120),
+                        "{full} is not Running after 120 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let t_running = t.elapsed();
+                let log = pod_logs
+                    .join(format!("default_{full}_{uid}"))
+                    .join("vm")
+                    .join("0.log");
+                wait_marker(&log, Duration::from_secs(180)).await?;
+                let t_ready = t.elapsed();
+                // The same VM by hand: its domain XML, its own disks, the console to a file.
+                let c = cri.container_of_pod(&full).await?;
+                let domain = cri.domain_of(&c).await?;
+                let xml = virsh(&["dumpxml", "--inactive", &domain])?;
+                let root = overlay(&cli.work, &name, &blob_of(&xml)?)?;
+                let seed_copy = cli.work.join(format!("{name}-seed.img"));
+                std::fs::copy(seed_path_of(&xml)?, &seed_copy)?;
+                let serial = cli.work.join(format!("{name}-serial.log"));
+                let _ = std::fs::remove_file(&serial);
+                let xml = console_to_file(
+                    &rewrite_for_baseline(
+                        &xml,
+                        &format!("{domain}-base"),
+                        &root,
+                        &seed_copy,
+                        &cli.work.join(format!("{name}.sock")),
+                    )?,
+                    &serial,
+                )?;
+                std::fs::remove_file(&manifest)?;
+                let gone = Instant::now();
+                while kubelet_pod(port, &full)?.is_some() || cri.has_pod(&full).await? {
+                    anyhow::ensure!(
+                        gone.elapsed() < Duration::from_secs(120),
+                        "{full} was not removed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let file = cli.work.join(format!("{name}.xml"));
+                std::fs::write(&file, xml)?;
+                let t = Instant::now();
+                virsh(&["create", &file.display().to_string()])?;
+                let r = wait_marker(&serial, Duration::from_secs(180)).await;
+                let t_base = t.elapsed();
+                virsh(&["destroy", &format!("{domain}-base")])?;
+                r?;
+                eprintln!(
+                    "kubelet run {i}: Running {:.2} s, ready {:.2} s; virsh create to ready {:.2} s",
+                    secs(t_running),
+                    secs(t_ready),
+                    secs(t_base)
+                );
+                if i > 0 {
+                    running.push(secs(t_running));
+                    ready.push(secs(t_ready));
+                    base.push(secs(t_base));
+                }
+            }
+            json!({ "running_s": running, "virtlet_s": ready, "baseline_s": base })
         }
         Cmd::Ready { runs, image_file } => {
             let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -630,6 +781,45 @@ fn seed_path_of(xml: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(
         attr_after(&xml[second..], "<source", "file").context("no seed path")?,
     ))
+}
+
+/// The domain's serial console written to `file` instead of a socket.
+fn console_to_file(xml: &str, file: &Path) -> Result<String> {
+    let start = xml
+        .find("<serial type=\"unix\">")
+        .context("no unix serial")?;
+    let end = start + xml[start..].find("</serial>").context("no </serial>")? + "</serial>".len();
+    let mut out = xml.to_owned();
+    out.replace_range(
+        start..end,
+        &format!(
+            "<serial type=\"file\">\n      <source path=\"{}\"/>\n      <target port=\"0\"/>\n    </serial>",
+            file.display()
+        ),
+    );
+    Ok(out)
+}
+
+/// The phase and UID of a pod the kubelet at `port` reports, if it knows the pod.
+fn kubelet_pod(port: u16, name: &str) -> Result<Option<(String, String)>> {
+    let out = run(Command::new("curl").args([
+        "-sk",
+        "--max-time",
+        "5",
+        &format!("https://127.0.0.1:{port}/pods"),
+    ]))?;
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    Ok(list["items"].as_array().and_then(|items| {
+        items
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .map(|p| {
+                (
+                    p["status"]["phase"].as_str().unwrap_or("").to_owned(),
+                    p["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+    }))
 }
 
 fn rewrite_for_baseline(
