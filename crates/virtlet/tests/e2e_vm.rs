@@ -408,3 +408,54 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
         assert!(our_domains(&guard.0).is_empty());
     }
 }
+
+/// A guest that ignores the ACPI power button: StopContainer still returns within its timeout
+/// (the VM is forced off in time) and the container is EXITED, killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_returns_within_its_timeout_when_the_guest_ignores_the_power_button() {
+    require_libvirtd();
+    let image = tiny_image();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let logs = d.dir.path().join("logs/deaf");
+    let config = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: "deaf".into(),
+            uid: "uid-deaf".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        annotations: HashMap::from([(
+            "VirtletCloudInitUserData".to_owned(),
+            "runcmd:\n  - [sh, -c, 'killall acpid; echo ACPI-IGNORED']\n".to_owned(),
+        )]),
+        ..Default::default()
+    };
+    let (pod, c) = common::vm::run_vm_pod(&d, &mut guard, config, &name).await;
+    wait_for_log(&logs.join("vm.log"), "ACPI-IGNORED", Duration::from_secs(120)).await;
+    let mut rt = d.runtime().await;
+    let started = Instant::now();
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 6,
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "StopContainer(6) took {took:?}");
+    assert!(took >= Duration::from_secs(3), "the guest had its chance: {took:?}");
+    let st = status(&mut rt, &c).await;
+    assert_eq!(st.state, api::ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Killed"), "{}", st.message);
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
