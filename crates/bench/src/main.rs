@@ -786,7 +786,8 @@ fn seed_path_of(xml: &str) -> Result<PathBuf> {
 /// The domain's serial console written to `file` instead of a socket.
 fn console_to_file(xml: &str, file: &Path) -> Result<String> {
     let start = xml
-        .find("<serial type=\"unix\">")
+        .find("<serial type='unix'>")
+        .or_else(|| xml.find("<serial type=\"unix\">"))
         .context("no unix serial")?;
     let end = start + xml[start..].find("</serial>").context("no </serial>")? + "</serial>".len();
     let mut out = xml.to_owned();
@@ -859,6 +860,10 @@ fn rewrite_for_baseline(
         out.find("</qemu:commandline>"),
     ) {
         out.replace_range(a..b + "</qemu:commandline>".len(), "");
+    }
+    // The pod's NICs are taps in its netns, which the baseline does not have.
+    while let (Some(a), Some(b)) = (out.find("<interface "), out.find("</interface>")) {
+        out.replace_range(a..b + "</interface>".len(), "");
     }
     Ok(out)
 }

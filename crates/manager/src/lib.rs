@@ -923,6 +923,22 @@ impl Manager {
                     blocking(move || lv.undefine(&name)).await??;
                 }
             }
+            // A VM of an earlier sandbox of the same pod (the kubelet makes a new sandbox
+            // before it removes the old one) may hold the same UUID: an exited one gives way,
+            // a running one is an error naming it.
+            let lv = self.libvirt.clone();
+            let u = uuid.clone();
+            if let Some((other, running)) = blocking(move || lv.domain_with_uuid(&u)).await?? {
+                if running {
+                    undo(self, new_root.as_ref(), &mut sandbox);
+                    return Err(ManagerError::precondition(format!(
+                        "VM {other} (an earlier sandbox of this pod) is still running with UUID {uuid}; stop it first"
+                    )));
+                }
+                info!(domain = %other, %uuid, "undefining an exited VM of an earlier sandbox that holds this pod's UUID");
+                let lv = self.libvirt.clone();
+                blocking(move || lv.undefine(&other)).await??;
+            }
             if owns_network && sandbox.network_owner.is_none() {
                 sandbox.network_owner = Some(meta.name.clone());
                 self.save_sandbox(&sandbox)?;

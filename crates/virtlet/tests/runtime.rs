@@ -1029,3 +1029,62 @@ async fn unfiltered_lists_follow_every_change() {
     .unwrap();
     assert_eq!(lists(&mut rt).await, (vec![], vec![]));
 }
+
+/// The kubelet makes a new sandbox for a pod (attempt + 1) before it removes the old one, whose
+/// exited VM holds the pod's UUID: the new VM is still defined (the old domain gives way);
+/// a VM of the old sandbox that still runs makes the call fail, naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_sandbox_of_the_same_pod_gets_the_pods_uuid() {
+    let e = env().await;
+    let d = &e.d;
+    let mut rt = d.runtime().await;
+    let first = run_pod(d, "again", "uid-again", &[]).await.unwrap();
+    let c1 = create(d, &first, "vm", &e.image).await.unwrap();
+    rt.start_container(api::StartContainerRequest {
+        container_id: c1.clone(),
+    })
+    .await
+    .unwrap();
+    let mut next = pod_config("again", "uid-again", &[]);
+    next.metadata.as_mut().unwrap().attempt = 1;
+    let second = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(next),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    assert_ne!(first, second);
+    assert_status(
+        create(d, &second, "vm", &e.image).await,
+        Code::FailedPrecondition,
+        &["still running", &c1[..13]],
+    );
+    rt.stop_container(api::StopContainerRequest {
+        container_id: c1.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let c2 = create(d, &second, "vm", &e.image).await.unwrap();
+    rt.start_container(api::StartContainerRequest {
+        container_id: c2.clone(),
+    })
+    .await
+    .unwrap();
+    // The old container still reports how it ended, and goes with its sandbox.
+    let st = container_status(d, &c1).await.unwrap();
+    assert_eq!(st.state, api::ContainerState::ContainerExited as i32);
+    for pod in [first, second] {
+        rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: pod })
+            .await
+            .unwrap();
+    }
+}

@@ -252,6 +252,17 @@ impl Libvirt {
         })
     }
 
+    /// The domain that has `uuid`, if any: its name and whether it runs.
+    pub fn domain_with_uuid(&self, uuid: &str) -> Result<Option<(String, bool)>, DriverError> {
+        self.call("look up by UUID", uuid, |c| {
+            match c.lookup_domain_by_uuid_string(uuid) {
+                Ok(d) => Ok(Some((d.name()?, d.is_active()?))),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     /// The domain's status, or `None` when no such domain exists.
     pub fn status(&self, name: &str) -> Result<Option<DomainStatus>, DriverError> {
         self.call("inspect", name, |c| match c.lookup_domain_by_name(name) {

@@ -212,6 +212,19 @@ imageGCHighThresholdPercent: 100
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.stop();
+        // The kubelet bind-mounts its root dir (and mounts pod volumes under it): unmount
+        // them, deepest first, so the test's temp dir can go.
+        let root = self.opts.root_dir.clone().unwrap_or_else(|| self.dir.join("root"));
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| Path::new(p).starts_with(&root))
+            .collect();
+        points.sort_unstable_by(|a, b| b.cmp(a));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 
