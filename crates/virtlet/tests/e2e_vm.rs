@@ -438,7 +438,12 @@ async fn stop_returns_within_its_timeout_when_the_guest_ignores_the_power_button
         ..Default::default()
     };
     let (pod, c) = common::vm::run_vm_pod(&d, &mut guard, config, &name).await;
-    wait_for_log(&logs.join("vm.log"), "ACPI-IGNORED", Duration::from_secs(120)).await;
+    wait_for_log(
+        &logs.join("vm.log"),
+        "ACPI-IGNORED",
+        Duration::from_secs(120),
+    )
+    .await;
     let mut rt = d.runtime().await;
     let started = Instant::now();
     rt.stop_container(api::StopContainerRequest {
@@ -448,11 +453,22 @@ async fn stop_returns_within_its_timeout_when_the_guest_ignores_the_power_button
     .await
     .unwrap();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(6), "StopContainer(6) took {took:?}");
-    assert!(took >= Duration::from_secs(3), "the guest had its chance: {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "StopContainer(6) took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the guest had its chance: {took:?}"
+    );
     let st = status(&mut rt, &c).await;
     assert_eq!(st.state, api::ContainerState::ContainerExited as i32);
-    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Killed"), "{}", st.message);
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (137, "Killed"),
+        "{}",
+        st.message
+    );
     rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
     })

@@ -1083,8 +1083,10 @@ async fn a_new_sandbox_of_the_same_pod_gets_the_pods_uuid() {
         })
         .await
         .unwrap();
-        rt.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: pod })
-            .await
-            .unwrap();
+        rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
     }
 }

@@ -214,7 +214,11 @@ impl Drop for Kubelet {
         self.stop();
         // The kubelet bind-mounts its root dir (and mounts pod volumes under it): unmount
         // them, deepest first, so the test's temp dir can go.
-        let root = self.opts.root_dir.clone().unwrap_or_else(|| self.dir.join("root"));
+        let root = self
+            .opts
+            .root_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("root"));
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let mut points: Vec<&str> = mounts
             .lines()
