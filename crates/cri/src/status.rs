@@ -20,20 +20,22 @@ fn code(kind: ErrorKind) -> tonic::Code {
 /// The status for an image error; its message is the error's full sentence.
 pub fn image_error_status(e: &ImageError) -> tonic::Status {
     let kind = e.kind();
+    let message = virtlet_core::error::chain(e);
     if kind == ErrorKind::Internal {
-        tracing::error!("{e}");
+        tracing::error!("{message}");
     } else {
-        tracing::warn!("{e}");
+        tracing::warn!("{message}");
     }
-    tonic::Status::new(code(kind), e.to_string())
+    tonic::Status::new(code(kind), message)
 }
 
-/// The status for a manager error.
+/// The status for a manager error; its message is the error and its causes.
 pub fn manager_error_status(e: &ManagerError) -> tonic::Status {
-    if e.kind == ErrorKind::Internal {
-        tracing::error!("{e}");
+    let message = virtlet_core::error::chain(e);
+    if e.kind() == ErrorKind::Internal {
+        tracing::error!("{message}");
     } else {
-        tracing::warn!("{e}");
+        tracing::warn!("{message}");
     }
-    tonic::Status::new(code(e.kind), e.message.clone())
+    tonic::Status::new(code(e.kind()), message)
 }

@@ -9,7 +9,10 @@ pub struct ManagerBackend(pub Arc<Manager>);
 
 impl Backend for ManagerBackend {
     fn attach(&self, container_id: &str) -> Result<ConsoleIo, String> {
-        let hub = self.0.console(container_id).map_err(|e| e.to_string())?;
+        let hub = self
+            .0
+            .console(container_id)
+            .map_err(|e| virtlet_core::error::chain(&e))?;
         let stdin_once = self
             .0
             .container(container_id)
@@ -30,6 +33,10 @@ impl Backend for ManagerBackend {
     > {
         let m = self.0.clone();
         let id = sandbox_id.to_owned();
-        Box::pin(async move { m.dial_pod(&id, port).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            m.dial_pod(&id, port)
+                .await
+                .map_err(|e| virtlet_core::error::chain(&e))
+        })
     }
 }

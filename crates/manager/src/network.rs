@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_cri::v1::{PodSandboxConfig, Protocol};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use virtlet_core::ErrorKind;
 use virtlet_core::netinfo::{DnsInfo, PodNetwork};
 use virtlet_net::cni::{Attachment, CniResult, CniRuntime, NetworkConfig, PortMapping};
 use virtlet_net::{NetError, dhcpconf, podside};
@@ -43,7 +44,7 @@ pub struct NetRecord {
 
 impl From<NetError> for ManagerError {
     fn from(e: NetError) -> Self {
-        ManagerError::new(e.kind(), e.to_string())
+        ManagerError::failed(e.kind(), "pod networking", e)
     }
 }
 
@@ -163,10 +164,14 @@ impl Networking {
             let socket = blocking(move || virtlet_dhcp::bind_in_netns(&netns, &br))
                 .await?
                 .map_err(|e| {
-                    ManagerError::internal(format!(
-                        "cannot start the DHCP responder on {bridge} in {}: {e}",
-                        rec.netns.display()
-                    ))
+                    ManagerError::failed(
+                        ErrorKind::Internal,
+                        format!(
+                            "cannot start the DHCP responder on {bridge} in {}",
+                            rec.netns.display()
+                        ),
+                        e,
+                    )
                 });
             let responder = socket.and_then(|s| {
                 virtlet_dhcp::Responder::spawn(
@@ -175,7 +180,7 @@ impl Networking {
                     format!("{}/{bridge}", &rec.id[..13.min(rec.id.len())]),
                 )
                 .map_err(|e| {
-                    ManagerError::internal(format!("cannot start the DHCP responder: {e}"))
+                    ManagerError::failed(ErrorKind::Internal, "cannot start the DHCP responder", e)
                 })
             });
             match responder {
@@ -221,7 +226,7 @@ impl Networking {
         let att = attachment(rec, &netns).map_err(|e| NetError::Setup {
             netns: rec.netns.clone(),
             what: "port mappings".into(),
-            reason: e.message,
+            reason: virtlet_core::error::chain(&e),
         })?;
         let runtime = self.runtime.clone();
         let result = stored.cni_result.clone();
@@ -237,7 +242,7 @@ impl Networking {
         .map_err(|e| NetError::Setup {
             netns: rec.netns.clone(),
             what: "CNI DEL".into(),
-            reason: e.message,
+            reason: virtlet_core::error::chain(&e),
         })?
     }
 }
@@ -402,7 +407,7 @@ mod tests {
         c.port_mappings[0].host_port = 70000;
         let e = port_mappings(&c).unwrap_err();
         assert_eq!(
-            e.message,
+            e.to_string(),
             "config.port_mappings[0].host_port 70000 is not a port (1-65535)"
         );
         c.port_mappings[0].host_port = 2222;
@@ -410,7 +415,7 @@ mod tests {
         assert!(
             port_mappings(&c)
                 .unwrap_err()
-                .message
+                .to_string()
                 .contains("host_ip \"nope\"")
         );
     }
@@ -431,11 +436,16 @@ mod tests {
         assert!(
             dns_info(&c)
                 .unwrap_err()
-                .message
+                .to_string()
                 .contains("servers[2] \"x\"")
         );
         c.dns_config.as_mut().unwrap().servers.pop();
         c.dns_config.as_mut().unwrap().searches.push("a..b".into());
-        assert!(dns_info(&c).unwrap_err().message.contains("searches[1]"));
+        assert!(
+            dns_info(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("searches[1]")
+        );
     }
 }

@@ -42,7 +42,7 @@ fn kube_error(annotation: &str, e: KubeError) -> ManagerError {
         }
         KubeError::Unavailable { .. } | KubeError::BadAnswer { .. } => ErrorKind::Unavailable,
     };
-    ManagerError::new(kind, format!("{annotation}: {e}"))
+    ManagerError::failed(kind, annotation, e)
 }
 
 /// SSH keys from a source value: one per non-empty line, `#` comments skipped.

@@ -178,7 +178,7 @@ mod tests {
         std::fs::write(&outside, "secret").unwrap();
         let err = mounted_files(&root, &[mount(&outside, "/x")]).unwrap_err();
         assert!(
-            err.message.contains("outside the kubelet root dir"),
+            err.to_string().contains("outside the kubelet root dir"),
             "{err}"
         );
         let sneaky = root.join("uid/volumes/kubernetes.io~configmap/cm");
@@ -186,7 +186,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, sneaky.join("shadow")).unwrap();
         let err = mounted_files(&root, &[mount(&sneaky, "/etc/cm")]).unwrap_err();
         assert!(
-            err.message.contains("outside the kubelet root dir"),
+            err.to_string().contains("outside the kubelet root dir"),
             "{err}"
         );
         let dotdot = format!("{}/uid/../../etc-shadow", root.display());
@@ -199,6 +199,6 @@ mod tests {
             }],
         )
         .unwrap_err();
-        assert!(err.message.contains("outside"), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
     }
 }

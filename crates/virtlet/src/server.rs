@@ -178,7 +178,7 @@ pub async fn run(config: Config) -> Result<()> {
         libvirt,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot recover pods and VMs: {e}"))?;
+    .context("cannot recover pods and VMs")?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeService>().await;
