@@ -1,7 +1,7 @@
 //! What the manager learns from libvirt rather than from calls: VMs that exited (the exit
 //! watcher), and at startup, how the records and the node differ (recovery).
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use virtlet_core::{ContainerState, SandboxState, naming};
 use virtlet_vm::DomainStatus;
 
@@ -137,7 +137,9 @@ impl Manager {
                 SandboxState::NotReady => {}
             }
         }
-        // What virtlet owns but no longer knows: domains and per-pod directories.
+        // What virtlet owns but no longer knows: domains and per-pod directories. A domain is
+        // this instance's when its disks are in this instance's VM directory (another virtlet
+        // may share the libvirtd: its VMs are left alone).
         let known: Vec<String> = self
             .records
             .all_containers()
@@ -146,15 +148,20 @@ impl Manager {
             .collect();
         let lv = self.libvirt.clone();
         let domains = blocking(move || lv.list_owned()).await??;
-        for (name, _) in domains {
-            let Some(prefix) = naming::domain_id_prefix(&name) else {
+        for d in domains {
+            let Some(prefix) = naming::domain_id_prefix(&d.name) else {
                 continue;
             };
-            if !known.iter().any(|id| id.starts_with(prefix)) {
-                info!(domain = %name, "recovery: removing a VM virtlet does not know");
-                let lv = self.libvirt.clone();
-                blocking(move || lv.undefine(&name)).await??;
+            if known.iter().any(|id| id.starts_with(prefix)) {
+                continue;
             }
+            if !d.files.iter().any(|f| f.starts_with(&self.config.vm_dir)) {
+                debug!(domain = %d.name, "recovery: leaving a VM whose disks are outside this virtlet's VM directory");
+                continue;
+            }
+            info!(domain = %d.name, "recovery: removing a VM virtlet does not know");
+            let lv = self.libvirt.clone();
+            blocking(move || lv.undefine(&d.name)).await??;
         }
         let sandbox_ids: Vec<String> = self
             .records

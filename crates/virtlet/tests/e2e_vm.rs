@@ -35,6 +35,10 @@ async fn status(
     .unwrap()
 }
 
+/// The tests share the node's libvirtd, which one of them restarts: they hold this shared, and
+/// the restart holds it alone.
+static LIBVIRTD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn our_domains(ids: &[String]) -> Vec<String> {
     let out = Command::new("virsh")
         .args(["-c", "qemu:///system", "list", "--all", "--name"])
@@ -52,6 +56,7 @@ fn our_domains(ids: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon_kill() {
+    let shared = LIBVIRTD.read().await;
     require_libvirtd();
     let image = tiny_image();
     let mut d = Daemon::start_with(Options {
@@ -203,7 +208,10 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
         "{st:?}"
     );
 
-    // libvirtd restarts under the running daemon: the next call reconnects.
+    // libvirtd restarts under the running daemon: the next call reconnects. (Once the other
+    // tests are done with it.)
+    drop(shared);
+    let _alone = LIBVIRTD.write().await;
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
     for _ in 0..50 {
         if !Command::new("pgrep")
@@ -283,6 +291,7 @@ async fn a_vm_pod_boots_stops_cleanly_restarts_on_its_disk_and_survives_a_daemon
 /// annotations, its mounted Secret/ConfigMap files, its env and its command.
 #[tokio::test(flavor = "multi_thread")]
 async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
+    let _shared = LIBVIRTD.read().await;
     require_libvirtd();
     let image = tiny_image();
     let d = Daemon::start_with(Options {
@@ -413,6 +422,7 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
 /// (the VM is forced off in time) and the container is EXITED, killed.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_returns_within_its_timeout_when_the_guest_ignores_the_power_button() {
+    let _shared = LIBVIRTD.read().await;
     require_libvirtd();
     let image = tiny_image();
     let d = Daemon::start_with(Options {

@@ -324,3 +324,53 @@ pub fn nic_args(nics: &[virtlet_core::vmspec::Nic]) -> Vec<String> {
     }
     out
 }
+/// The files of a domain's disks (`<disk><source file=.../>`), as libvirt describes it.
+pub fn disk_files(xml: &str) -> Vec<std::path::PathBuf> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut in_disk = false;
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.name().as_ref() == b"disk" => in_disk = true,
+            Ok(Event::End(e)) if e.name().as_ref() == b"disk" => in_disk = false,
+            Ok(Event::Empty(e) | Event::Start(e)) if in_disk && e.name().as_ref() == b"source" => {
+                if let Ok(Some(a)) = e.try_get_attribute("file")
+                    && let Ok(v) = a.unescape_value()
+                {
+                    out.push(std::path::PathBuf::from(v.as_ref()));
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_files_are_read_from_libvirts_description() {
+        let xml = r#"<domain type="qemu"><name>virtlet-x</name><devices>
+            <disk type="file" device="disk"><driver name="qemu" type="qcow2"/>
+              <source file="/var/lib/virtlet/vms/s1/root-vm.qcow2" index="2"/>
+              <backingStore type="file"><source file="/var/lib/virtlet/images/blob"/></backingStore>
+              <target dev="sda" bus="scsi"/></disk>
+            <disk type="file" device="cdrom"><target dev="sdb"/></disk>
+            <disk type="file" device="disk"><source file="/a &amp; b/seed.img"></source></disk>
+            <interface type="ethernet"><source dev="tap0"/></interface>
+            </devices></domain>"#;
+        let files = disk_files(xml);
+        assert_eq!(
+            files,
+            [
+                std::path::PathBuf::from("/var/lib/virtlet/vms/s1/root-vm.qcow2"),
+                "/var/lib/virtlet/images/blob".into(),
+                "/a & b/seed.img".into()
+            ]
+        );
+    }
+}

@@ -42,6 +42,15 @@ pub enum DomainStatus {
     ShutOff(ExitInfo),
 }
 
+/// A domain of virtlet's, as [`Libvirt::list_owned`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedDomain {
+    pub name: String,
+    pub status: DomainStatus,
+    /// Its disks' files.
+    pub files: Vec<std::path::PathBuf>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmStats {
     /// Cumulative CPU time in nanoseconds.
@@ -272,14 +281,20 @@ impl Libvirt {
         })
     }
 
-    /// Every domain whose name marks it as virtlet's, with its status.
-    pub fn list_owned(&self) -> Result<Vec<(String, DomainStatus)>, DriverError> {
+    /// Every domain whose name marks it as virtlet's, with its status and its disks' files
+    /// (which tell the virtlet instance it belongs to, where several share a libvirtd).
+    pub fn list_owned(&self) -> Result<Vec<OwnedDomain>, DriverError> {
         self.call("list", "*", |c| {
             let mut out = Vec::new();
             for d in c.list_all_domains(0)? {
                 let name = d.name()?;
                 if name.starts_with(DOMAIN_PREFIX) {
-                    out.push((name, status_of(&d)?));
+                    let files = crate::domain_xml::disk_files(&d.xml_desc(0)?);
+                    out.push(OwnedDomain {
+                        name,
+                        status: status_of(&d)?,
+                        files,
+                    });
                 }
             }
             Ok(out)

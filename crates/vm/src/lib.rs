@@ -8,4 +8,4 @@ pub mod driver;
 pub mod kvm;
 pub mod sample;
 
-pub use driver::{DomainStatus, DriverError, ExitInfo, Libvirt, VmSample, VmStats};
+pub use driver::{DomainStatus, DriverError, ExitInfo, Libvirt, OwnedDomain, VmSample, VmStats};

@@ -151,7 +151,7 @@ fn libvirt_parses_and_runs_every_case() {
             lv.list_owned()
                 .unwrap()
                 .iter()
-                .any(|(n, _)| n == &spec.domain_name)
+                .any(|d| d.name == spec.domain_name && d.files.contains(&spec.disks[0].path))
         );
         lv.shutdown(&spec.domain_name).unwrap();
         match lv.status(&spec.domain_name).unwrap() {
