@@ -90,9 +90,7 @@ async fn attach_and_port_forward_reach_the_vm() {
     let (pod, c) = run_vm_pod(&d, &mut guard, config, &name).await;
     let log = logs.join("vm.log");
     wait_for_log(&log, MARKER, Duration::from_secs(120)).await;
-    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.child.as_ref().unwrap().id()))
-        .unwrap()
-        .count();
+    let fds_before = fd_links(d.child.as_ref().unwrap().id());
 
     // Attach over SPDY v4 (kubectl attach -i -t).
     let url = rt
@@ -248,12 +246,25 @@ async fn attach_and_port_forward_reach_the_vm() {
     ws.send(Message::Close(None)).await.unwrap();
     drop(ws);
 
-    // Nothing stays open in the daemon.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let fds_after = std::fs::read_dir(format!("/proc/{}/fd", d.child.as_ref().unwrap().id()))
-        .unwrap()
-        .count();
-    assert!(fds_after <= fds_before, "fds {fds_before} -> {fds_after}");
+    // Nothing stays open in the daemon: a detached attach session lingers 2 s for its
+    // client's goodbye, so this waits for a little longer than that.
+    let t0 = std::time::Instant::now();
+    let mut fds_after = fd_links(d.child.as_ref().unwrap().id());
+    while fds_after.len() > fds_before.len() && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds_after = fd_links(d.child.as_ref().unwrap().id());
+    }
+    let opened: Vec<&String> = fds_after
+        .iter()
+        .filter(|(fd, link)| fds_before.get(*fd) != Some(link))
+        .map(|(_, link)| link)
+        .collect();
+    assert!(
+        fds_after.len() <= fds_before.len(),
+        "fds {} -> {}; new: {opened:?}",
+        fds_before.len(),
+        fds_after.len()
+    );
 
     // An attached client is let go when the VM stops.
     let url = rt
@@ -289,4 +300,35 @@ async fn attach_and_port_forward_reach_the_vm() {
     })
     .await
     .unwrap();
+}
+
+/// The daemon's open files: fd number -> what it points at.
+fn fd_links(pid: u32) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let mut link = std::fs::read_link(e.path())
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            // A socket: which one, from the kernel's tables.
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_owned)
+            {
+                for table in ["tcp", "tcp6", "udp", "unix"] {
+                    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+                        .unwrap_or_default();
+                    if let Some(line) = text
+                        .lines()
+                        .find(|l| l.split_whitespace().any(|f| f == inode.as_str()))
+                    {
+                        link = format!("{link} {table} {}", line.trim());
+                    }
+                }
+            }
+            (e.file_name().to_string_lossy().into_owned(), link)
+        })
+        .collect()
 }
