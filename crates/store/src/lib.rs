@@ -9,8 +9,10 @@
 //! - `image_users`: digest -> the IDs of whatever still uses that image's data (the VMs' root
 //!   disks are overlays backed by it). Data is deleted only when no name and no user refers to it.
 //!
-//! Sandboxes and containers get their own tables when the runtime service lands; the schema
-//! version is what lets later versions migrate older files.
+//! - `sandboxes`, `containers`: ID -> the manager's record as JSON (`RecordTable`); the manager
+//!   upgrades older record shapes when it loads them.
+//!
+//! The schema version is what lets later versions migrate older files.
 
 use std::path::{Path, PathBuf};
 
