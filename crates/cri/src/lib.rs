@@ -2,6 +2,7 @@
 //! store (and, as they land, the VM manager), and turn errors into `tonic::Status` in one place
 //! ([`status`]).
 
+mod convert;
 mod image;
 mod listing;
 mod metrics;

@@ -354,7 +354,7 @@ mod tests {
         records.iter().for_each(|c| w.container(c));
         let bytes = w.finish();
         let reference = api::ListContainersResponse {
-            containers: records.iter().map(crate::runtime::container).collect(),
+            containers: records.iter().map(crate::convert::container).collect(),
         };
         let decoded = api::ListContainersResponse::decode(bytes.clone()).unwrap();
         assert_eq!(decoded, reference);
@@ -369,7 +369,7 @@ mod tests {
         records.iter().for_each(|s| w.sandbox(s));
         let bytes = w.finish();
         let reference = api::ListPodSandboxResponse {
-            items: records.iter().map(crate::runtime::pod_sandbox).collect(),
+            items: records.iter().map(crate::convert::pod_sandbox).collect(),
         };
         let decoded = api::ListPodSandboxResponse::decode(bytes.clone()).unwrap();
         assert_eq!(decoded, reference);
