@@ -14,6 +14,12 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
+mod baseline;
+mod cri;
+
+use baseline::*;
+use cri::*;
+
 const MARKER: &str = "VIRTLET-GUEST-READY";
 
 #[derive(Parser)]
@@ -100,179 +106,8 @@ enum Cmd {
 /// How many pods the scale benchmark creates (and removes) at a time.
 const FILL_PARALLEL: usize = 4;
 
-#[derive(Clone)]
-struct Cri {
-    rt: RuntimeServiceClient<Channel>,
-    img: ImageServiceClient<Channel>,
-}
-
-fn pod_config(name: &str, log_dir: &Path) -> api::PodSandboxConfig {
-    api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("bench-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        log_directory: log_dir.display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container_config(image: &str) -> api::ContainerConfig {
-    api::ContainerConfig {
-        metadata: Some(api::ContainerMetadata {
-            name: "vm".into(),
-            attempt: 0,
-        }),
-        image: Some(api::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        log_path: "vm.log".into(),
-        linux: Some(api::LinuxContainerConfig {
-            resources: Some(api::LinuxContainerResources {
-                memory_limit_in_bytes: 256 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-impl Cri {
-    async fn pod(
-        &mut self,
-        name: &str,
-        image: &str,
-        log_dir: &Path,
-        start: bool,
-    ) -> Result<(String, String)> {
-        let config = pod_config(name, log_dir);
-        let pod = self
-            .rt
-            .run_pod_sandbox(api::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        let c = self
-            .rt
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config(image)),
-                sandbox_config: Some(config),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        if start {
-            self.rt
-                .start_container(api::StartContainerRequest {
-                    container_id: c.clone(),
-                })
-                .await?;
-        }
-        Ok((pod, c))
-    }
-
-    async fn remove_pod(&mut self, pod: &str) -> Result<()> {
-        self.rt
-            .stop_pod_sandbox(api::StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await?;
-        self.rt
-            .remove_pod_sandbox(api::RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Whether a sandbox of the pod named `name` exists.
-    async fn has_pod(&mut self, name: &str) -> Result<bool> {
-        let pods = self
-            .rt
-            .list_pod_sandbox(api::ListPodSandboxRequest::default())
-            .await?
-            .into_inner()
-            .items;
-        Ok(pods
-            .iter()
-            .any(|p| p.metadata.as_ref().is_some_and(|m| m.name == name)))
-    }
-
-    /// The container of the pod named `name`.
-    async fn container_of_pod(&mut self, name: &str) -> Result<String> {
-        let pods = self
-            .rt
-            .list_pod_sandbox(api::ListPodSandboxRequest::default())
-            .await?
-            .into_inner()
-            .items;
-        let pod = pods
-            .iter()
-            .find(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
-            .with_context(|| format!("no pod {name}"))?;
-        let cs = self
-            .rt
-            .list_containers(api::ListContainersRequest {
-                filter: Some(api::ContainerFilter {
-                    pod_sandbox_id: pod.id.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .containers;
-        Ok(cs
-            .first()
-            .with_context(|| format!("pod {name} has no container"))?
-            .id
-            .clone())
-    }
-
-    async fn domain_of(&mut self, container: &str) -> Result<String> {
-        let info = self
-            .rt
-            .container_status(api::ContainerStatusRequest {
-                container_id: container.into(),
-                verbose: true,
-            })
-            .await?
-            .into_inner()
-            .info;
-        let v: serde_json::Value =
-            serde_json::from_str(info.get("info").context("no verbose info")?)?;
-        Ok(v["domain"]
-            .as_str()
-            .context("no domain in info")?
-            .to_owned())
-    }
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn virsh(args: &[&str]) -> Result<String> {
-    run(Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args))
 }
 
 async fn wait_marker(path: &Path, timeout: Duration) -> Result<()> {
@@ -289,76 +124,6 @@ async fn wait_marker(path: &Path, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A NoCloud seed like virtlet's for a pod of this name (same generator).
-fn seed(work: &Path, name: &str) -> Result<PathBuf> {
-    let data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {
-        pod_name: name,
-        namespace: "bench",
-        uuid: "00000000-0000-4000-8000-000000000000",
-        ..Default::default()
-    })?;
-    let path = work.join(format!("{name}-seed.img"));
-    virtlet_cloudinit::seed::write_seed(&data, &path)?;
-    Ok(path)
-}
-
-fn overlay(work: &Path, name: &str, image: &Path) -> Result<PathBuf> {
-    let path = work.join(format!("{name}-root.qcow2"));
-    let _ = std::fs::remove_file(&path);
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image)
-        .arg(&path))?;
-    Ok(path)
-}
-
-/// Plain QEMU with the devices virtlet gives a VM (virtio-scsi root and seed, serial to a file).
-fn plain_qemu(work: &Path, name: &str, image: &Path) -> Result<(Child, PathBuf)> {
-    let root = overlay(work, name, image)?;
-    let seed = seed(work, name)?;
-    let serial = work.join(format!("{name}-serial.log"));
-    let _ = std::fs::remove_file(&serial);
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args([
-            "-display",
-            "none",
-            "-no-reboot",
-            "-device",
-            "virtio-scsi-pci,id=scsi0",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=qcow2,if=none,id=d0",
-            root.display()
-        ))
-        .args(["-device", "scsi-hd,drive=d0,bus=scsi0.0"])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=none,id=d1,readonly=on",
-            seed.display()
-        ))
-        .args(["-device", "scsi-hd,drive=d1,bus=scsi0.0"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok((child, serial))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -750,57 +515,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn attr_after<'a>(xml: &'a str, anchor: &str, attr: &str) -> Option<&'a str> {
-    let at = xml.find(anchor)?;
-    let rest = &xml[at..];
-    let a = rest
-        .find(&format!("{attr}='"))
-        .map(|i| (i, '\''))
-        .or_else(|| rest.find(&format!("{attr}=\"")).map(|i| (i, '"')))?;
-    let start = a.0 + attr.len() + 2;
-    let end = rest[start..].find(a.1)? + start;
-    Some(&rest[start..end])
-}
-
-/// The image blob behind the root overlay: qemu-img tells the backing file.
-fn blob_of(xml: &str) -> Result<PathBuf> {
-    let root = attr_after(xml, "<disk", "file").context("no root disk in the domain XML")?;
-    let info = run(Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(root))?;
-    let v: serde_json::Value = serde_json::from_str(&info)?;
-    Ok(PathBuf::from(
-        v["backing-filename"]
-            .as_str()
-            .context("root disk has no backing file")?,
-    ))
-}
-
-fn seed_path_of(xml: &str) -> Result<PathBuf> {
-    let second = xml.match_indices("<disk").nth(1).context("no seed disk")?.0;
-    Ok(PathBuf::from(
-        attr_after(&xml[second..], "<source", "file").context("no seed path")?,
-    ))
-}
-
-/// The domain's serial console written to `file` instead of a socket.
-fn console_to_file(xml: &str, file: &Path) -> Result<String> {
-    let start = xml
-        .find("<serial type='unix'>")
-        .or_else(|| xml.find("<serial type=\"unix\">"))
-        .context("no unix serial")?;
-    let end = start + xml[start..].find("</serial>").context("no </serial>")? + "</serial>".len();
-    let mut out = xml.to_owned();
-    out.replace_range(
-        start..end,
-        &format!(
-            "<serial type=\"file\">\n      <source path=\"{}\"/>\n      <target port=\"0\"/>\n    </serial>",
-            file.display()
-        ),
-    );
-    Ok(out)
-}
-
 /// The phase and UID of a pod the kubelet at `port` reports, if it knows the pod.
 fn kubelet_pod(port: u16, name: &str) -> Result<Option<(String, String)>> {
     let out = run(Command::new("curl").args([
@@ -821,49 +535,4 @@ fn kubelet_pod(port: u16, name: &str) -> Result<Option<(String, String)>> {
                 )
             })
     }))
-}
-
-fn rewrite_for_baseline(
-    xml: &str,
-    name: &str,
-    root: &Path,
-    seed: &Path,
-    console: &Path,
-) -> Result<String> {
-    let old_root = attr_after(xml, "<disk", "file")
-        .context("no root")?
-        .to_owned();
-    let old_seed = seed_path_of(xml)?.display().to_string();
-    let old_name = xml
-        .split("<name>")
-        .nth(1)
-        .and_then(|s| s.split("</name>").next())
-        .context("no name")?
-        .to_owned();
-    let old_console = attr_after(xml, "<serial", "path")
-        .context("no console")?
-        .to_owned();
-    let mut out = xml
-        .replace(
-            &format!("<name>{old_name}</name>"),
-            &format!("<name>{name}</name>"),
-        )
-        .replace(&old_root, &root.display().to_string())
-        .replace(&old_seed, &seed.display().to_string())
-        .replace(&old_console, &console.display().to_string());
-    // A new UUID and no netns: the baseline is QEMU started by libvirt, nothing more.
-    if let (Some(a), Some(b)) = (out.find("<uuid>"), out.find("</uuid>")) {
-        out.replace_range(a..b + "</uuid>".len(), "");
-    }
-    if let (Some(a), Some(b)) = (
-        out.find("<qemu:commandline>"),
-        out.find("</qemu:commandline>"),
-    ) {
-        out.replace_range(a..b + "</qemu:commandline>".len(), "");
-    }
-    // The pod's NICs are taps in its netns, which the baseline does not have.
-    while let (Some(a), Some(b)) = (out.find("<interface "), out.find("</interface>")) {
-        out.replace_range(a..b + "</interface>".len(), "");
-    }
-    Ok(out)
 }
