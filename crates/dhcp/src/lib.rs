@@ -19,15 +19,17 @@
 //!   route to the pod IP via the bridge (`tests/udhcpc.rs` sets up exactly that), otherwise
 //!   renewals and rebinding requests are dropped and the VM loses its lease when it expires.
 //!
-//! The crate is layered like the rest of virtlet: [`packet`] is the wire codec, [`options`]
-//! the typed option encoders, [`lease`] the pure reply logic ([`respond`]), and [`server`] the
-//! only module with side effects (namespace, socket, tokio task).
+//! The crate is layered like the rest of virtlet: [`packet`] is the wire codec (the
+//! [`dhcproto`] crate's DHCPv4 messages and options, with the checks it leaves to its user),
+//! [`lease`] the pure reply logic ([`respond`]), and [`server`] the only module with side
+//! effects (namespace, socket, tokio task).
 
 pub mod lease;
-pub mod options;
 pub mod packet;
 pub mod server;
 
+/// The DHCP codec the messages come from, so that users name the same version's types.
+pub use dhcproto;
 pub use lease::{Config, ConfigError, Lease, Mac, Reply, Route, respond};
-pub use packet::{Message, MessageType, PacketError};
+pub use packet::{Message, MessageType, PacketError, decode, encode};
 pub use server::{Responder, bind_in_netns, live_responders};

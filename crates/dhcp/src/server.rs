@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::lease::{Config, Mac, SERVER_PORT, respond};
-use crate::packet::{Message, MessageType};
+use crate::packet::{self, MessageType};
 
 /// Large enough for any UDP datagram, so that nothing is silently truncated.
 const RECV_BUFFER_LEN: usize = 65_536;
@@ -227,44 +227,46 @@ async fn answer(
     bytes: &[u8],
     from: SocketAddr,
 ) {
-    let request = match Message::parse(bytes) {
+    let request = match packet::decode(bytes) {
         Ok(request) => request,
         Err(err) => {
             debug!(%label, %from, error = %err, "ignoring a malformed DHCP message");
             return;
         }
     };
-    let request_type = request
-        .message_type()
-        .map_or("no DHCP type", MessageType::name);
-    let mac = request.client_mac().map(Mac);
+    let request_type = request.opts().msg_type();
+    let mac = packet::client_mac(&request).map(Mac);
     let Some(reply) = respond(&config.borrow(), &request) else {
-        debug!(%label, %from, mac = ?mac, request = request_type, "not answering");
+        debug!(%label, %from, mac = ?mac, request = ?request_type, "not answering");
         return;
     };
     let mac = mac.map(|mac| mac.to_string()).unwrap_or_default();
-    let reply_type = reply.message.message_type();
-    let reply_name = reply_type.map_or("", MessageType::name);
+    let reply_type = reply.message.opts().msg_type();
     match reply_type {
         Some(MessageType::Nak) => {
-            let ip = request.requested_ip().unwrap_or(request.ciaddr);
-            info!(%label, %mac, %ip, request = request_type, "DHCPNAK: not the client's address");
+            let ip = packet::requested_ip(&request).unwrap_or(request.ciaddr());
+            info!(%label, %mac, %ip, request = ?request_type, "DHCPNAK: not the client's address");
         }
         Some(MessageType::Ack) => {
-            let ip = match reply.message.yiaddr {
-                Ipv4Addr::UNSPECIFIED => reply.message.ciaddr,
+            let ip = match reply.message.yiaddr() {
+                Ipv4Addr::UNSPECIFIED => reply.message.ciaddr(),
                 yiaddr => yiaddr,
             };
-            info!(%label, %mac, %ip, request = request_type, "DHCPACK");
+            info!(%label, %mac, %ip, request = ?request_type, "DHCPACK");
         }
         _ => {
-            let ip = reply.message.yiaddr;
-            debug!(%label, %mac, %ip, request = request_type, reply = reply_name, "answering");
+            let ip = reply.message.yiaddr();
+            debug!(%label, %mac, %ip, request = ?request_type, reply = ?reply_type, "answering");
         }
     }
-    let encoded = reply.message.encode();
-    let accepted = request
-        .max_message_size()
+    let encoded = match packet::encode(&reply.message) {
+        Ok(encoded) => encoded,
+        Err(err) => {
+            warn!(%label, %mac, reply = ?reply_type, error = %err, "encoding a DHCP reply failed");
+            return;
+        }
+    };
+    let accepted = packet::max_message_size(&request)
         .map_or(MIN_MAX_MESSAGE_SIZE, |size| size.max(MIN_MAX_MESSAGE_SIZE));
     let limit = usize::from(accepted) - IP_UDP_HEADERS;
     if encoded.len() > limit {
@@ -273,7 +275,7 @@ async fn answer(
     }
     if let Err(err) = socket.send_to(&encoded, reply.dest).await {
         let dest = reply.dest;
-        warn!(%label, %mac, %dest, reply = reply_name, error = %err, "sending a DHCP reply failed");
+        warn!(%label, %mac, %dest, reply = ?reply_type, error = %err, "sending a DHCP reply failed");
     }
 }
 
@@ -311,29 +313,19 @@ mod tests {
     }
 
     fn discover(mac: [u8; 6]) -> Vec<u8> {
-        let mut chaddr = [0; 16];
-        chaddr[..6].copy_from_slice(&mac);
-        Message {
-            op: crate::packet::BOOTREQUEST,
-            htype: crate::packet::HTYPE_ETHERNET,
-            hlen: 6,
-            hops: 0,
-            xid: 7,
-            secs: 0,
-            flags: 0,
-            ciaddr: Ipv4Addr::UNSPECIFIED,
-            yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: Ipv4Addr::UNSPECIFIED,
-            giaddr: Ipv4Addr::UNSPECIFIED,
-            chaddr,
-            sname: [0; 64],
-            file: [0; 128],
-            options: vec![crate::packet::RawOption {
-                code: crate::packet::code::MESSAGE_TYPE,
-                data: vec![MessageType::Discover as u8],
-            }],
-        }
-        .encode()
+        let unspecified = Ipv4Addr::UNSPECIFIED;
+        let mut message = packet::Message::new_with_id(
+            7,
+            unspecified,
+            unspecified,
+            unspecified,
+            unspecified,
+            &mac,
+        );
+        message
+            .opts_mut()
+            .insert(packet::DhcpOption::MessageType(MessageType::Discover));
+        packet::encode(&message).unwrap()
     }
 
     async fn wait_for_live(count: usize) {
