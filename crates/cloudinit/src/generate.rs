@@ -22,6 +22,10 @@ pub enum CloudInitError {
         expected: &'static str,
         reason: String,
     },
+    #[error(
+        "user-data script source not found under key {key:?} (VirtletCloudInitUserDataSourceKey) in {source_name}"
+    )]
+    SourceKey { key: String, source_name: String },
     #[error("the user-data would be {size} bytes, more than the {max} allowed")]
     TooLarge { size: usize, max: usize },
     #[error("mount {container_path:?}: {reason}")]
@@ -164,9 +168,21 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
     let mut source_script: Option<String> = None;
     let mut user: Value = Value::Mapping(Mapping::new());
     if let Some(script_key) = &a.user_data_source_key {
-        if let Some((k, v)) = input.source_entries.iter().find(|(k, _)| k == script_key) {
-            source_script = Some(decode_source(input, k, v)?);
-        }
+        let Some((k, v)) = input.source_entries.iter().find(|(k, _)| k == script_key) else {
+            return Err(CloudInitError::SourceKey {
+                key: script_key.clone(),
+                source_name: a.user_data_source.as_ref().map_or_else(
+                    || "no source".to_owned(),
+                    |s| match s.kind {
+                        crate::annotations::SourceKind::ConfigMap => {
+                            format!("configmap/{}", s.name)
+                        }
+                        crate::annotations::SourceKind::Secret => format!("secret/{}", s.name),
+                    },
+                ),
+            });
+        };
+        source_script = Some(decode_source(input, k, v)?);
     } else {
         for (k, v) in &input.source_entries {
             let text = decode_source(input, k, v)?;
@@ -268,10 +284,22 @@ fn write_file(f: &WriteFile) -> Value {
     Value::Mapping(m)
 }
 
-/// `KEY='value'` lines, single-quoted so any value is safe to source from a shell.
+/// `KEY=value` lines, as Mirantis Virtlet wrote them (the format of `/etc/environment`). A
+/// value a shell would split or expand (spaces, quotes, `$`, newlines, ...) is single-quoted,
+/// so the file is always safe to source; pam_env strips the quotes too.
 pub fn environment_file(env: &[(String, String)]) -> String {
+    let plain = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:,@%+=-".contains(&b))
+    };
     env.iter()
-        .map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', r"'\''")))
+        .map(|(k, v)| {
+            if plain(v) {
+                format!("{k}={v}\n")
+            } else {
+                format!("{k}='{}'\n", v.replace('\'', r"'\''"))
+            }
+        })
         .collect()
 }
 

@@ -171,6 +171,13 @@ fn source_key_scripts_and_encodings() {
         "{e}"
     );
     assert!(e.to_string().contains("\"script\""), "{e}");
+    // A key the source does not have is an error naming it, as in Mirantis Virtlet.
+    inp.source_entries = vec![("other".into(), b"x".to_vec())];
+    let e = generate(&inp).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "user-data script source not found under key \"script\" (VirtletCloudInitUserDataSourceKey) in secret/ud"
+    );
 }
 
 #[test]
@@ -187,19 +194,28 @@ fn too_much_user_data_is_refused() {
 }
 
 #[test]
-fn environment_values_are_quoted_for_a_shell() {
+fn environment_lines_are_virtlets_and_safe_to_source() {
     let text = virtlet_cloudinit::generate::environment_file(&[
         ("A".into(), "x'; rm -rf / #".into()),
         ("B".into(), "$HOME `id`".into()),
+        ("C".into(), "http://10.96.0.1:443/api,v=1".into()),
+        ("D".into(), String::new()),
     ]);
+    // Plain values are written as Mirantis Virtlet wrote them.
+    assert!(
+        text.contains("\nC=http://10.96.0.1:443/api,v=1\nD=\n"),
+        "{text}"
+    );
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("{text}printf '%s|%s' \"$A\" \"$B\""))
+        .arg(format!(
+            "{text}printf '%s|%s|%s|%s' \"$A\" \"$B\" \"$C\" \"$D\""
+        ))
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        "x'; rm -rf / #|$HOME `id`"
+        "x'; rm -rf / #|$HOME `id`|http://10.96.0.1:443/api,v=1|"
     );
 }
 

@@ -125,6 +125,8 @@ impl From<virtlet_cloudinit::CloudInitError> for ManagerError {
     fn from(e: virtlet_cloudinit::CloudInitError) -> Self {
         let kind = match e {
             virtlet_cloudinit::CloudInitError::Seed { .. } => ErrorKind::Internal,
+            // What the named ConfigMap or Secret holds, not the request, is wrong.
+            virtlet_cloudinit::CloudInitError::SourceKey { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::InvalidArgument,
         };
         ManagerError::failed(kind, "cloud-init", e)
