@@ -64,6 +64,12 @@ impl Manager {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| ManagerError::invalid("config.image.image is empty"))?;
+        if let Some(d) = config.devices.first() {
+            return Err(ManagerError::invalid(format!(
+                "config.devices[0] (host path {:?}): block volumes (volumeDevices) are not supported by this virtlet yet",
+                d.host_path
+            )));
+        }
         let pod = self.pod_spec(&sandbox)?;
         let image_info = self.images.status(&image).map_err(|e| {
             ManagerError::failed(e.kind(), format!("config.image.image {image:?}"), e)

@@ -1,5 +1,6 @@
 //! Files the kubelet mounted for the container, turned into cloud-init `write_files`:
-//! Secret and ConfigMap volumes (every file, with its mode) and single-file mounts. Host
+//! Secret, ConfigMap, projected (the service account token) and downward-API volumes (every
+//! file, with its mode) and single-file mounts, as Mirantis Virtlet copied them. Host
 //! paths must lie inside the kubelet root dir once symlinks are resolved: no path traversal.
 
 use std::os::unix::fs::PermissionsExt;
@@ -17,8 +18,16 @@ fn inside(root: &Path, path: &Path) -> bool {
     path.starts_with(root)
 }
 
-/// The files of the mounts virtlet copies into the guest. Other mounts (emptyDir, hostPath
-/// directories, ...) are not files to copy and are skipped.
+/// Volume plugins whose files are copied into the guest.
+const COPIED: [&str; 4] = [
+    "kubernetes.io~secret",
+    "kubernetes.io~configmap",
+    "kubernetes.io~projected",
+    "kubernetes.io~downward-api",
+];
+
+/// The files of the mounts virtlet copies into the guest. Directory volumes (emptyDir, ...)
+/// are not shared with the VM yet; each is named in a warning.
 pub fn mounted_files(
     kubelet_root: &Path,
     mounts: &[Mount],
@@ -60,7 +69,9 @@ pub fn mounted_files(
             continue;
         }
         let text = host.to_string_lossy();
-        if !(text.contains("kubernetes.io~secret") || text.contains("kubernetes.io~configmap")) {
+        if !COPIED.iter().any(|plugin| text.contains(plugin)) {
+            tracing::warn!(container_path = %m.container_path, host_path = %m.host_path,
+                "a directory volume is not shared with the VM yet; the guest does not see it");
             continue;
         }
         let mut files = Vec::new();
@@ -157,6 +168,10 @@ mod tests {
         std::fs::write(&single, "127.0.0.1 localhost\n").unwrap();
         let empty_dir = root.join("uid/volumes/kubernetes.io~empty-dir/scratch");
         std::fs::create_dir_all(&empty_dir).unwrap();
+        // The service account token, a projected volume.
+        let sa = root.join("uid/volumes/kubernetes.io~projected/kube-api-access-x");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), "eyJ").unwrap();
 
         let files = mounted_files(
             &root,
@@ -164,14 +179,19 @@ mod tests {
                 mount(&vol, "/etc/creds"),
                 mount(&single, "/etc/hosts"),
                 mount(&empty_dir, "/scratch"),
+                mount(&sa, "/var/run/secrets/kubernetes.io/serviceaccount"),
             ],
         )
         .unwrap();
-        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files.len(), 3, "{files:?}");
         assert_eq!(files[0].path, "/etc/creds/password");
         assert_eq!(files[0].content, b"hunter2");
         assert_eq!(files[0].permissions, 0o600);
         assert_eq!(files[1].path, "/etc/hosts");
+        assert_eq!(
+            files[2].path,
+            "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        );
 
         // Outside the root, directly or through a symlink.
         let outside = dir.path().join("etc-shadow");
