@@ -2,25 +2,27 @@
 //! annotations name (`VirtletCloudInitUserDataSource`, `VirtletSSHKeySource`,
 //! `VirtletFilesFromDataSource`).
 //!
-//! Two GETs is all virtlet needs, so this is a small client on reqwest (the node's HTTP
-//! client, TLS set up as for image pulls) rather than kube-rs, which could not be fetched on
-//! our machines; the settings come from a kubeconfig or the in-cluster service account
-//! ([`config`]).
-
-pub mod config;
+//! kube-rs does the work: kubeconfig parsing (client certificates, tokens, exec plugins),
+//! the in-cluster service account (whose projected token rotates and is re-read), TLS. This
+//! crate keeps what is ours: where the settings come from, names checked before they reach
+//! the API server, and errors a pod's author can act on.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
-use serde::Deserialize;
-
-pub use config::{ApiConfig, Auth, discover};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("{origin}: {reason}")]
-    Config { origin: String, reason: String },
+    #[error("{origin}")]
+    Config {
+        origin: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{what}: {reason}")]
     BadName { what: String, reason: String },
     #[error("{what} does not exist")]
@@ -31,10 +33,18 @@ pub enum KubeError {
         status: u16,
         message: String,
     },
-    #[error("cannot read {what} from the API server: {reason}")]
-    Unavailable { what: String, reason: String },
-    #[error("the API server's answer for {what} is not usable: {reason}")]
-    BadAnswer { what: String, reason: String },
+    #[error("the API server answered HTTP {status} for {what}: {message}")]
+    Failed {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cannot read {what} from the API server")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// ConfigMap or Secret.
@@ -45,13 +55,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn path(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "configmaps",
-            Kind::Secret => "secrets",
-        }
-    }
-
     fn noun(self) -> &'static str {
         match self {
             Kind::ConfigMap => "configmap",
@@ -60,7 +63,8 @@ impl Kind {
     }
 }
 
-/// Object names and namespaces are DNS subdomains / labels: checked before they go into a URL.
+/// Object names and namespaces are DNS subdomains / labels: checked here so that a bad
+/// annotation is an InvalidArgument naming it, not an odd answer from the API server.
 fn check_name(what: &str, field: &str, name: &str) -> Result<(), KubeError> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -81,110 +85,92 @@ fn check_name(what: &str, field: &str, name: &str) -> Result<(), KubeError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Object {
-    #[serde(default)]
-    data: BTreeMap<String, String>,
-    #[serde(default)]
-    binary_data: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct StatusBody {
-    #[serde(default)]
-    message: String,
-}
-
-/// The keys of a ConfigMap (`data`, and `binaryData` decoded) or a Secret (`data` decoded).
-/// Pure: parses the API server's JSON.
-pub fn object_data(
-    kind: Kind,
-    what: &str,
-    body: &[u8],
-) -> Result<BTreeMap<String, Vec<u8>>, KubeError> {
-    let bad = |reason: String| KubeError::BadAnswer {
-        what: what.to_owned(),
-        reason,
-    };
-    let obj: Object = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let b64 = |k: &str, v: &str| {
-        base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .map_err(|e| bad(format!("key {k:?} is not base64: {e}")))
-    };
-    let mut out = BTreeMap::new();
-    match kind {
-        Kind::ConfigMap => {
-            for (k, v) in obj.data {
-                out.insert(k, v.into_bytes());
-            }
-            for (k, v) in &obj.binary_data {
-                out.insert(k.clone(), b64(k, v)?);
-            }
-        }
-        Kind::Secret => {
-            for (k, v) in &obj.data {
-                out.insert(k.clone(), b64(k, v)?);
-            }
-        }
+/// The keys of a ConfigMap: `data` as text, `binaryData` as bytes. Pure.
+pub fn configmap_data(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    for (k, v) in cm.binary_data.unwrap_or_default() {
+        out.insert(k, v.0);
     }
-    Ok(out)
+    out
+}
+
+/// The keys of a Secret (`data`, already base64-decoded; `stringData` is write-only). Pure.
+pub fn secret_data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+/// What a failed GET means for the pod: a missing object, a refusal, or the API server
+/// being unreachable or broken (worth retrying).
+fn classify(what: String, e: kube::Error) -> KubeError {
+    match e {
+        kube::Error::Api(status) if status.code == 404 => KubeError::NotFound { what },
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+            KubeError::Refused {
+                what,
+                status: status.code,
+                message: status.message,
+            }
+        }
+        kube::Error::Api(status) => KubeError::Failed {
+            what,
+            status: status.code,
+            message: status.message,
+        },
+        source => KubeError::Unavailable { what, source },
+    }
 }
 
 /// A client for one API server.
+#[derive(Clone)]
 pub struct KubeClient {
-    http: reqwest::Client,
-    config: ApiConfig,
+    client: Client,
+    server: String,
+    origin: String,
 }
 
 impl std::fmt::Debug for KubeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeClient")
-            .field("server", &self.config.server)
-            .field("origin", &self.config.origin)
+            .field("server", &self.server)
+            .field("origin", &self.origin)
             .finish()
     }
 }
 
 impl KubeClient {
-    pub fn new(config: ApiConfig) -> Result<KubeClient, KubeError> {
-        let mut certificates = Vec::new();
-        if let Some(ca) = &config.ca_pem {
-            certificates.push(virtlet_image::translation::TlsCertificate {
-                cert: ca.clone(),
-                key: None,
-            });
-        }
-        if let Auth::ClientCert { cert_pem, key_pem } = &config.auth {
-            certificates.push(virtlet_image::translation::TlsCertificate {
-                cert: cert_pem.clone(),
-                key: Some(key_pem.clone()),
-            });
-        }
-        let tls = virtlet_image::fetch::tls_config(Some(&virtlet_image::translation::TlsProfile {
-            certificates,
-            server_name: config.tls_server_name.clone(),
-            insecure: config.insecure_skip_tls_verify,
-        }))
-        .map_err(|reason| KubeError::Config {
-            origin: config.origin.clone(),
-            reason: format!("TLS settings: {reason}"),
+    fn new(mut config: Config, origin: String) -> Result<KubeClient, KubeError> {
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(15));
+        let server = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|e| KubeError::Config {
+            origin: origin.clone(),
+            source: Box::new(e),
         })?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| KubeError::Config {
-                origin: config.origin.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(KubeClient { http, config })
+        Ok(KubeClient {
+            client,
+            server: server.trim_end_matches('/').to_owned(),
+            origin,
+        })
     }
 
+    /// The API server's URL.
     pub fn server(&self) -> &str {
-        &self.config.server
+        &self.server
+    }
+
+    /// Where the settings came from: the kubeconfig's path, or the service account.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The keys of a ConfigMap or Secret of `namespace`.
@@ -197,77 +183,74 @@ impl KubeClient {
         let what = format!("{} {namespace}/{name}", kind.noun());
         check_name(&what, "namespace", namespace)?;
         check_name(&what, "name", name)?;
-        let url = format!(
-            "{}/api/v1/namespaces/{namespace}/{}/{name}",
-            self.config.server,
-            kind.path()
-        );
-        let mut req = self.http.get(&url).header("Accept", "application/json");
-        req = match &self.config.auth {
-            Auth::Bearer(t) => req.bearer_auth(t),
-            Auth::Basic { username, password } => req.basic_auth(username, Some(password)),
-            Auth::None | Auth::ClientCert { .. } => req,
-        };
-        let unavailable = |e: reqwest::Error| KubeError::Unavailable {
-            what: what.clone(),
-            reason: format!("{} ({url})", error_chain(&e)),
-        };
-        let resp = req.send().await.map_err(unavailable)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(unavailable)?;
-        match status.as_u16() {
-            200 => object_data(kind, &what, &body),
-            404 => Err(KubeError::NotFound { what }),
-            code @ (401 | 403) => Err(KubeError::Refused {
-                what,
-                status: code,
-                message: serde_json::from_slice::<StatusBody>(&body)
-                    .map(|s| s.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned()),
-            }),
-            code => Err(KubeError::Unavailable {
-                what,
-                reason: format!("HTTP {code} from {url}"),
-            }),
+        match kind {
+            Kind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+                .get(name)
+                .await
+                .map(configmap_data),
+            Kind::Secret => Api::<Secret>::namespaced(self.client.clone(), namespace)
+                .get(name)
+                .await
+                .map(secret_data),
         }
+        .map_err(|e| classify(what, e))
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
+/// Where the API settings come from, in order: `--kubeconfig` (its current context), then
+/// the in-cluster service account when `KUBERNETES_SERVICE_HOST` is set. `None`: no API
+/// access (pods that name a ConfigMap or Secret are refused).
+pub async fn discover(kubeconfig: Option<&Path>) -> Result<Option<KubeClient>, KubeError> {
+    if let Some(path) = kubeconfig {
+        let origin = format!("kubeconfig {}", path.display());
+        let config_error = |source: Box<dyn std::error::Error + Send + Sync>| KubeError::Config {
+            origin: origin.clone(),
+            source,
+        };
+        let file = Kubeconfig::read_from(path).map_err(|e| config_error(Box::new(e)))?;
+        let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| config_error(Box::new(e)))?;
+        return KubeClient::new(config, origin).map(Some);
     }
-    s
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        return Ok(None);
+    }
+    let origin = "the in-cluster service account".to_owned();
+    let config = Config::incluster().map_err(|e| KubeError::Config {
+        origin: origin.clone(),
+        source: Box::new(e),
+    })?;
+    KubeClient::new(config, origin).map(Some)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use k8s_openapi::ByteString;
 
     #[test]
     fn configmaps_and_secrets_decode() {
-        let cm = br#"{"kind":"ConfigMap","data":{"a":"text"},"binaryData":{"b":"AAEC"}}"#;
-        let d = object_data(Kind::ConfigMap, "configmap ns/x", cm).unwrap();
+        let cm: ConfigMap = serde_json::from_str(
+            r#"{"kind":"ConfigMap","apiVersion":"v1","data":{"a":"text"},"binaryData":{"b":"AAEC"}}"#,
+        )
+        .unwrap();
+        let d = configmap_data(cm);
         assert_eq!(d["a"], b"text");
         assert_eq!(d["b"], [0, 1, 2]);
-        let s = br#"{"kind":"Secret","data":{"k":"c3NoLXJzYSBBQUFB"}}"#;
-        assert_eq!(
-            object_data(Kind::Secret, "secret ns/x", s).unwrap()["k"],
-            b"ssh-rsa AAAA"
-        );
-        let empty = object_data(Kind::Secret, "secret ns/x", b"{}").unwrap();
-        assert!(empty.is_empty());
-        let err = object_data(Kind::Secret, "secret ns/x", br#"{"data":{"k":"%%"}}"#).unwrap_err();
-        assert!(
-            err.to_string().contains("secret ns/x") && err.to_string().contains("\"k\""),
-            "{err}"
-        );
-        assert!(object_data(Kind::Secret, "s", b"[1]").is_err());
+        let s: Secret = serde_json::from_str(
+            r#"{"kind":"Secret","apiVersion":"v1","data":{"k":"c3NoLXJzYSBBQUFB"}}"#,
+        )
+        .unwrap();
+        assert_eq!(secret_data(s)["k"], b"ssh-rsa AAAA");
+        assert!(secret_data(Secret::default()).is_empty());
+        assert!(configmap_data(ConfigMap::default()).is_empty());
+        let s = Secret {
+            data: Some(BTreeMap::from([("x".to_owned(), ByteString(vec![0xff]))])),
+            ..Default::default()
+        };
+        assert_eq!(secret_data(s)["x"], [0xff]);
     }
 
     #[test]
@@ -278,5 +261,44 @@ mod tests {
         for good in ["a", "cloud-init.v1", "0x"] {
             check_name("x", "name", good).unwrap();
         }
+    }
+
+    #[test]
+    fn api_answers_are_classified() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "x")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(matches!(
+            classify("s".into(), api(404, "gone")),
+            KubeError::NotFound { .. }
+        ));
+        let refused = classify("secret ns/x".into(), api(403, "forbidden: nope"));
+        assert_eq!(
+            refused.to_string(),
+            "the API server refused to give secret ns/x (HTTP 403): forbidden: nope"
+        );
+        assert_eq!(
+            classify("configmap ns/x".into(), api(500, "boom")).to_string(),
+            "the API server answered HTTP 500 for configmap ns/x: boom"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_without_its_context_names_the_file_and_the_context() {
+        let dir = std::env::temp_dir().join(format!("virtlet-kube-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, "current-context: nowhere\ncontexts: []\n").unwrap();
+        let err = discover(Some(&path)).await.unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            chain.contains("kubeconfig") && chain.contains("nowhere"),
+            "{chain}"
+        );
     }
 }

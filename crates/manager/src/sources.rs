@@ -40,7 +40,7 @@ fn kube_error(annotation: &str, e: KubeError) -> ManagerError {
         KubeError::NotFound { .. } | KubeError::Refused { .. } | KubeError::Config { .. } => {
             ErrorKind::FailedPrecondition
         }
-        KubeError::Unavailable { .. } | KubeError::BadAnswer { .. } => ErrorKind::Unavailable,
+        KubeError::Unavailable { .. } | KubeError::Failed { .. } => ErrorKind::Unavailable,
     };
     ManagerError::failed(kind, annotation, e)
 }

@@ -142,13 +142,12 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     let kube = match virtlet_kube::discover(config.kubeconfig.as_deref())
+        .await
         .context("cannot set up Kubernetes API access (--kubeconfig)")?
     {
-        Some(api) => {
-            info!(server = %api.server, from = %api.origin, "ConfigMaps and Secrets named by pod annotations are read from the API server");
-            Some(Arc::new(virtlet_kube::KubeClient::new(api).context(
-                "cannot set up Kubernetes API access (--kubeconfig)",
-            )?))
+        Some(client) => {
+            info!(server = %client.server(), from = %client.origin(), "ConfigMaps and Secrets named by pod annotations are read from the API server");
+            Some(Arc::new(client))
         }
         None => {
             info!(

@@ -2,7 +2,8 @@
 //! scheduler, started by `cluster-up`) with the real kubelet as its node and virtlet as the
 //! node's runtime; kubectl through the API server: `apply` of a VM pod, `logs`, `attach -i`,
 //! `port-forward` (WebSocket, kubectl's default, and SPDY; several connections at once; a
-//! port where nothing listens), and `delete` with a grace period.
+//! port where nothing listens), and `delete` with a grace period. The pod's user-data comes
+//! from a ConfigMap that virtlet reads through the API server (kube-rs, client certificates).
 
 #![allow(clippy::unwrap_used)]
 
@@ -177,9 +178,17 @@ async fn kubectl_through_a_cluster() {
     require_libvirtd();
     let image = tiny_image();
     let net = TestNet::new(47);
+    // The control plane first: virtlet reads the pod's user-data from a ConfigMap through
+    // it, with the admin kubeconfig (client certificates).
+    let cluster_dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(cluster_dir.path());
     let d = Daemon::start_with(Options {
         libvirt_uri: "qemu:///system",
         cni_conflist: Some(net.conflist(60, true, &[])),
+        extra_env: vec![(
+            "VIRTLET_KUBECONFIG".into(),
+            cluster.kubeconfig.display().to_string(),
+        )],
         ..Options::default()
     })
     .await;
@@ -196,7 +205,6 @@ async fn kubectl_through_a_cluster() {
             server.url("/tiny.qcow2")
         ),
     );
-    let cluster = Cluster::up(&d.dir.path().join("cluster"));
     let k = Kubelet::start_with(
         &d.dir.path().join("kubelet-node"),
         &d.socket,
@@ -227,16 +235,24 @@ async fn kubectl_through_a_cluster() {
         std::thread::sleep(Duration::from_secs(2));
     }
 
-    // kubectl apply: a VM pod serving HTTP on 8080.
-    let user_data = "runcmd:\n  - [sh, -c, 'mkdir -p /www && echo hello-through-kubectl >/www/index.html && httpd -p 8080 -h /www']\n";
+    // kubectl apply: a VM pod serving HTTP on 8080, its user-data in a ConfigMap (each key
+    // is a user-data key, its value YAML, as in Mirantis Virtlet).
+    let runcmd = "- [sh, -c, 'mkdir -p /www && echo hello-through-kubectl >/www/index.html && httpd -p 8080 -h /www']\n";
     let pod = format!(
         "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: vm-user-data
+data:
+  runcmd: {ud}
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: vm
   annotations:
     kubernetes.io/target-runtime: virtlet.cloud
-    VirtletCloudInitUserData: {ud}
+    VirtletCloudInitUserDataSource: configmap/vm-user-data
 spec:
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 30
@@ -249,7 +265,7 @@ spec:
       tcpSocket: {{port: 8080}}
       periodSeconds: 2
 ",
-        ud = serde_json::json!(user_data)
+        ud = serde_json::json!(runcmd)
     );
     let file = d.dir.path().join("pod.yaml");
     std::fs::write(&file, pod).unwrap();

@@ -281,7 +281,7 @@ async fn a_bad_kubeconfig_stops_the_daemon_with_its_name() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--kubeconfig") && err.contains("context \"nowhere\" is not defined"),
+        err.contains("--kubeconfig") && err.contains("failed to load current context: nowhere"),
         "{err}"
     );
 }
