@@ -1,15 +1,13 @@
-//! Coverage-guided fuzzing of virtlet's parsers.
+//! virtlet's fuzz targets: its parsers (annotations, user-data, image references and
+//! translation configs, disk formats, SPDY, DHCP) as plain `fn(&[u8])` that must never panic
+//! and check what they can of the result.
 //!
-//! `scripts/fuzz [seconds] [target...]` builds `virtlet-fuzz` with LLVM SanitizerCoverage
-//! (inline 8-bit edge counters, the instrumentation libFuzzer uses) and runs each target for
-//! the given time. The engine ([`engine`]) keeps every input that reaches a new edge or hit
-//! count, mutates kept inputs libFuzzer-style, and stops at the first panic, saving the input
-//! under `target/fuzz-artifacts/<target>/`.
-//!
-//! Why not cargo-fuzz: libfuzzer-sys and cargo-fuzz could not be fetched on our machines (the
-//! crates.io registry did not resolve). The targets are plain `fn(&[u8])`, so moving them
-//! under `cargo fuzz` is a one-line `fuzz_target!` wrapper each once it can be fetched.
+//! The engine is libFuzzer, through `libfuzzer-sys`: `fuzz/` (a cargo-fuzz project outside
+//! the workspace) wraps each target in `fuzz_target!`. `scripts/fuzz` builds it on the
+//! stable toolchain with the SanitizerCoverage flags cargo-fuzz passes (edge counters,
+//! comparison tracing, PC table) and runs each target with its seeds (`fuzz/corpus/<name>`)
+//! and dictionary (`fuzz/dict/<name>.dict`). With a nightly toolchain, `cargo fuzz run
+//! <name>` in the repository works too. This crate is in the workspace, so the seeds run as
+//! unit tests.
 
-pub mod coverage;
-pub mod engine;
 pub mod targets;

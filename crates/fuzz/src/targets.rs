@@ -12,140 +12,44 @@ use virtlet_core::annotations as vm;
 pub struct Target {
     pub name: &'static str,
     pub run: fn(&[u8]),
-    pub seeds: &'static [&'static [u8]],
-    pub dictionary: &'static [&'static [u8]],
 }
 
+/// Every target; `fuzz/fuzz_targets/<name>.rs` wraps each for libFuzzer, its seeds are in
+/// `fuzz/corpus/<name>/`, its dictionary in `fuzz/dict/<name>.dict`.
 pub const TARGETS: &[Target] = &[
     Target {
         name: "vm_annotations",
         run: vm_annotations,
-        seeds: &[
-            b"\x00\x02\x01kvm\x00\x034\x00\x04virtio\x00\x05host-model",
-            b"\x00\x06{\"mode\":\"host-model\",\"topology\":{\"sockets\":1,\"cores\":2,\"threads\":1}}",
-            b"\x00\x0710Gi\x00\x08configdrive\x00\x09true",
-        ],
-        dictionary: &[
-            b"true", b"false", b"scsi", b"virtio", b"host-model", b"nocloud", b"configdrive",
-            b"Gi", b"Mi", b"Ki", b"G", b"M", b"e3", b"mode", b"model", b"topology", b"features",
-            b"policy", b"require", b"sockets", b"cores", b"threads", b"{", b"}", b"[", b"]", b":",
-            b"\"", b"-", b"0", b"255", b"256", b"4294967296",
-        ],
     },
     Target {
         name: "cloudinit_user_data",
         run: cloudinit_user_data,
-        seeds: &[
-            b"\x00\x01users:\n- name: cirros\n  ssh_authorized_keys: [a]\n\x00\x07ssh-rsa AAAA x\n\x00\x03#!/bin/sh\necho @virtlet-mount-script@\n",
-            b"\x00\x00hostname: x\n\x00\x02true\x00\x01runcmd: [[ls]]\nwrite_files:\n- path: /x\n",
-            b"\x00\x04configmap/ns/name\x00\x05data\x00\x06base64",
-        ],
-        dictionary: &[
-            b"#cloud-config\n", b"#!", b"@virtlet-mount-script@", b"users:", b"runcmd:",
-            b"write_files:", b"ssh_authorized_keys:", b"- ", b"  ", b"\n", b": ", b"{}", b"[]",
-            b"&a ", b"*a", b"!!binary ", b"|\n", b">\n", b"---\n", b"configmap/", b"secret/",
-            b"base64", b"plain", b"true", b"~", b"'", b"\"",
-        ],
     },
     Target {
         name: "user_data_merge",
         run: user_data_merge,
-        seeds: &[
-            b"a: 1\nb: [1, 2]\nc: {d: x}\n\x00b: [3]\nc: {e: y}\na: 2\n",
-            b"users: [{name: a}]\n\x00users: [{name: b}]\n",
-            b"- 1\n\x00x: y\n",
-        ],
-        dictionary: &[
-            b"\x00", b": ", b"- ", b"\n", b"  ", b"{", b"}", b"[", b"]", b", ", b"&a ", b"*a",
-            b"<<: ", b"~", b"null", b"true", b"1.5",
-        ],
     },
     Target {
         name: "image_reference",
         run: image_reference,
-        seeds: &[
-            b"virtlet.cloud/example.com/cirros.img",
-            b"example.com:8080/path/image.qcow2@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            b"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            b"registry/image:tag",
-        ],
-        dictionary: &[
-            b"virtlet.cloud/", b"@sha256:", b"sha256:", b":", b"/", b"@", b"%", b"http://",
-            b"https://", b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        ],
     },
     Target {
         name: "translation_config",
         run: translation_config,
-        seeds: &[
-            b"translations:\n  - name: cirros\n    url: https://example.com/cirros.img\n  - regexp: 'ubuntu/(\\d+)'\n    url: https://example.com/$1.img\n",
-            b"prefix: p\ntransports:\n  t:\n    timeout: 1000\n    maxRedirects: 2\n    tls:\n      insecure: true\ntranslations:\n  - name: x\n    url: http://h/x\n    transport: t\n",
-        ],
-        dictionary: &[
-            b"translations:", b"prefix:", b"transports:", b"name:", b"regexp:", b"url:",
-            b"transport:", b"timeout:", b"maxRedirects:", b"proxy:", b"tls:", b"certificates:",
-            b"cert:", b"key:", b"serverName:", b"insecure:", b"$1", b"(", b")", b"\\d+", b"- ",
-            b"  ", b"\n", b"-----BEGIN CERTIFICATE-----",
-        ],
     },
     Target {
         name: "disk_format",
         run: disk_format,
-        seeds: &[
-            b"QFI\xfb\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x00\x40\x00\x00\x00",
-            b"\xeb\x3c\x90mkfs.fat",
-        ],
-        dictionary: &[b"QFI\xfb", b"\x00\x00\x00\x02", b"\x00\x00\x00\x03", b"\x55\xaa"],
     },
     Target {
         name: "spdy_frames",
         run: spdy_frames,
-        seeds: &[
-            // SYN_STREAM with an empty compressed header block, PING, DATA.
-            b"\x80\x03\x00\x01\x01\x00\x00\x0a\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00",
-            b"\x80\x03\x00\x06\x00\x00\x00\x04\x00\x00\x00\x01",
-            b"\x00\x00\x00\x01\x01\x00\x00\x03abc",
-            b"\x80\x03\x00\x04\x00\x00\x00\x0c\x00\x00\x00\x01\x00\x00\x00\x07\x00\x01\x00\x00",
-        ],
-        dictionary: &[
-            b"\x80\x03", b"\x00\x01", b"\x00\x02", b"\x00\x03", b"\x00\x04", b"\x00\x06",
-            b"\x00\x07", b"\x00\x08", b"\x00\x09", b"\x78\xbb\xdf\xa2\x51\xb2",
-        ],
     },
     Target {
         name: "dhcp_packet",
         run: dhcp_packet,
-        seeds: &[DHCP_DISCOVER],
-        dictionary: &[b"\x63\x82\x53\x63", b"\x35\x01\x01", b"\x35\x01\x03", b"\x32\x04", b"\xff", b"\x37"],
     },
 ];
-
-/// A DHCPDISCOVER from a client with MAC 52:54:00:12:34:56.
-const DHCP_DISCOVER: &[u8] = &{
-    let mut p = [0u8; 250];
-    p[0] = 1;
-    p[1] = 1;
-    p[2] = 6;
-    p[4] = 0x12;
-    p[28] = 0x52;
-    p[29] = 0x54;
-    p[31] = 0x12;
-    p[32] = 0x34;
-    p[33] = 0x56;
-    p[236] = 0x63;
-    p[237] = 0x82;
-    p[238] = 0x53;
-    p[239] = 0x63;
-    p[240] = 53;
-    p[241] = 1;
-    p[242] = 1;
-    p[243] = 55;
-    p[244] = 2;
-    p[245] = 1;
-    p[246] = 3;
-    p[247] = 255;
-    p
-};
 
 pub fn find(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| t.name == name)
@@ -189,7 +93,7 @@ const VM_KEYS: &[&str] = &[
     vm::CHOWN_9PFS_MOUNTS,
 ];
 
-fn vm_annotations(data: &[u8]) {
+pub fn vm_annotations(data: &[u8]) {
     let map = annotations(data, VM_KEYS);
     if let Ok(parsed) = virtlet_core::VmAnnotations::parse(&map) {
         assert!(
@@ -215,7 +119,7 @@ const CLOUD_INIT_KEYS: &[&str] = &[
 
 /// The annotations are parsed; when they are valid, user-data is generated from them (with
 /// the fuzz input's tail as a source entry) and must be `#cloud-config` YAML or a script.
-fn cloudinit_user_data(data: &[u8]) {
+pub fn cloudinit_user_data(data: &[u8]) {
     let map = annotations(data, CLOUD_INIT_KEYS);
     let Ok(parsed) = virtlet_cloudinit::CloudInitAnnotations::parse(&map) else {
         return;
@@ -276,7 +180,7 @@ fn cloudinit_user_data(data: &[u8]) {
 
 /// Two YAML documents split at the first NUL, merged: maps recurse, lists append, scalars
 /// override.
-fn user_data_merge(data: &[u8]) {
+pub fn user_data_merge(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (a, b) = text.split_once('\0').unwrap_or((&text, ""));
     let (Ok(base), Ok(over)) = (
@@ -313,7 +217,7 @@ fn user_data_merge(data: &[u8]) {
     }
 }
 
-fn image_reference(data: &[u8]) {
+pub fn image_reference(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -345,14 +249,14 @@ fn image_reference(data: &[u8]) {
     let _ = virtlet_image::reference::ImageQuery::parse(text);
 }
 
-fn translation_config(data: &[u8]) {
+pub fn translation_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let _ = virtlet_image::translation::parse_config(text);
 }
 
-fn disk_format(data: &[u8]) {
+pub fn disk_format(data: &[u8]) {
     for total in [data.len() as u64, 1 << 30, u64::MAX] {
         let _ = virtlet_image::format::detect(data, total);
     }
@@ -360,7 +264,7 @@ fn disk_format(data: &[u8]) {
 
 /// Frames are decoded until the input runs out; each decoded frame, encoded by a fresh
 /// encoder and decoded by a fresh decoder, must come back the same.
-fn spdy_frames(data: &[u8]) {
+pub fn spdy_frames(data: &[u8]) {
     use virtlet_wire::spdy::{FrameDecoder, FrameEncoder};
     let mut buf = BytesMut::from(data);
     let mut decoder = FrameDecoder::new();
@@ -383,7 +287,7 @@ fn spdy_frames(data: &[u8]) {
 /// user) never panics; a decoded message encodes and decodes back to the same message (dhcproto
 /// alone does not promise that, the decoder keeps only options dhcproto writes back as it read
 /// them); the reply to it, from a lease for its own MAC, encodes and decodes back to itself.
-fn dhcp_packet(data: &[u8]) {
+pub fn dhcp_packet(data: &[u8]) {
     use std::net::Ipv4Addr;
     use virtlet_dhcp::{Config, Lease, Route, decode, encode, respond};
     let Ok(m) = decode(data) else {
@@ -427,21 +331,31 @@ fn dhcp_packet(data: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn fuzz_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+    }
 
     #[test]
     fn every_seed_runs_clean() {
         for t in TARGETS {
-            for seed in t.seeds {
-                (t.run)(seed);
+            let dir = fuzz_dir().join("corpus").join(t.name);
+            let mut seeds = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                (t.run)(&std::fs::read(entry.unwrap().path()).unwrap());
+                seeds += 1;
             }
+            assert!(seeds > 0, "{} has no seeds in {}", t.name, dir.display());
             (t.run)(b"");
         }
     }
 
     #[test]
-    fn target_names_are_unique() {
+    fn every_target_has_a_libfuzzer_binary_and_a_dictionary() {
         for (i, t) in TARGETS.iter().enumerate() {
             assert!(
                 TARGETS[i + 1..].iter().all(|o| o.name != t.name),
@@ -449,6 +363,20 @@ mod tests {
                 t.name
             );
             assert!(find(t.name).is_some());
+            let bin = std::fs::read_to_string(
+                fuzz_dir().join("fuzz_targets").join(format!("{}.rs", t.name)),
+            )
+            .unwrap();
+            assert!(
+                bin.contains(&format!("virtlet_fuzz::targets::{}", t.name)),
+                "{bin}"
+            );
+            let dict =
+                std::fs::read_to_string(fuzz_dir().join("dict").join(format!("{}.dict", t.name)))
+                    .unwrap();
+            assert!(dict.lines().any(|l| l.starts_with('"')), "{}", t.name);
         }
+        let bins = std::fs::read_dir(fuzz_dir().join("fuzz_targets")).unwrap().count();
+        assert_eq!(bins, TARGETS.len(), "a fuzz_targets/*.rs without its TARGETS entry");
     }
 }
