@@ -364,7 +364,9 @@ mod tests {
             );
             assert!(find(t.name).is_some());
             let bin = std::fs::read_to_string(
-                fuzz_dir().join("fuzz_targets").join(format!("{}.rs", t.name)),
+                fuzz_dir()
+                    .join("fuzz_targets")
+                    .join(format!("{}.rs", t.name)),
             )
             .unwrap();
             assert!(
@@ -376,7 +378,13 @@ mod tests {
                     .unwrap();
             assert!(dict.lines().any(|l| l.starts_with('"')), "{}", t.name);
         }
-        let bins = std::fs::read_dir(fuzz_dir().join("fuzz_targets")).unwrap().count();
-        assert_eq!(bins, TARGETS.len(), "a fuzz_targets/*.rs without its TARGETS entry");
+        let bins = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            bins,
+            TARGETS.len(),
+            "a fuzz_targets/*.rs without its TARGETS entry"
+        );
     }
 }
