@@ -109,7 +109,9 @@ impl From<virtlet_vm::DriverError> for ManagerError {
     fn from(e: virtlet_vm::DriverError) -> Self {
         let kind = match e {
             virtlet_vm::DriverError::Connect { .. } => ErrorKind::Unavailable,
-            virtlet_vm::DriverError::Call { .. } => ErrorKind::Internal,
+            virtlet_vm::DriverError::Call { .. } | virtlet_vm::DriverError::Agent { .. } => {
+                ErrorKind::Internal
+            }
         };
         ManagerError::failed(kind, "libvirt failed", e)
     }

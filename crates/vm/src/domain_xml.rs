@@ -263,6 +263,15 @@ fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
                 })?;
         }
     }
+    // The QEMU guest agent's channel (exec): libvirt picks the socket and talks to the agent.
+    w.create_element("channel")
+        .with_attribute(("type", "unix"))
+        .write_inner_content(|w| {
+            w.create_element("target")
+                .with_attributes([("type", "virtio"), ("name", crate::agent::CHANNEL)])
+                .write_empty()?;
+            Ok(())
+        })?;
     w.create_element("input")
         .with_attributes([("type", "tablet"), ("bus", "usb")])
         .write_empty()?;

@@ -24,6 +24,30 @@ pub enum DriverError {
         domain: String,
         message: String,
     },
+    #[error("{failure} (domain {domain}): {message}")]
+    Agent {
+        domain: String,
+        failure: AgentFailure,
+        message: String,
+    },
+}
+
+/// Why a command for the QEMU guest agent failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AgentFailure {
+    /// The domain has no agent channel.
+    #[error("the VM has no guest agent channel")]
+    NotConfigured,
+    /// The channel exists but no agent answers on it (not installed, not started yet, or
+    /// hung).
+    #[error("no QEMU guest agent answers in the VM")]
+    NotConnected,
+    /// The agent ran the command and reported an error.
+    #[error("the QEMU guest agent refused the command")]
+    Refused,
+    /// Anything else libvirt reported.
+    #[error("libvirt could not pass the command to the guest agent")]
+    Other,
 }
 
 /// How a VM ended, as a container exit status.
@@ -353,6 +377,36 @@ impl Libvirt {
             cpu_user_ns: user,
             cpu_system_ns: system,
             process,
+        })
+    }
+
+    /// Sends one command (JSON) to the QEMU guest agent and returns its reply (JSON), waiting
+    /// at most `timeout_s` seconds for it.
+    pub fn agent_command(
+        &self,
+        name: &str,
+        cmd: &str,
+        timeout_s: i32,
+    ) -> Result<String, DriverError> {
+        let d = self.call("look up", name, |c| c.lookup_domain_by_name(name))?;
+        d.qemu_agent_command(cmd, timeout_s, 0).map_err(|e| {
+            let failure = match e.code() {
+                Enum::Known(ErrorNumber::ArgumentUnsupported) => AgentFailure::NotConfigured,
+                Enum::Known(
+                    ErrorNumber::AgentUnresponsive
+                    | ErrorNumber::AgentUnsynced
+                    | ErrorNumber::AgentCommandTimeout,
+                ) => AgentFailure::NotConnected,
+                Enum::Known(ErrorNumber::AgentCommandFailed | ErrorNumber::InternalError) => {
+                    AgentFailure::Refused
+                }
+                _ => AgentFailure::Other,
+            };
+            DriverError::Agent {
+                domain: name.to_owned(),
+                failure,
+                message: e.message().to_owned(),
+            }
         })
     }
 
