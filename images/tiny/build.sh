@@ -2,8 +2,8 @@
 #
 # A BIOS-bootable qcow2: MBR (syslinux mbr.bin) + one FAT16 partition holding
 # SYSLINUX, Debian's cloud kernel and a busybox-static initramfs that runs
-# the cloud-init subset of rootfs/usr/libexec/virtlet/cloudinit.sh and
-# dropbear. Everything runs from the initramfs; the disk is only read at boot.
+# the cloud-init subset of rootfs/usr/libexec/virtlet/cloudinit.sh, dropbear,
+# and Debian's QEMU guest agent (qemu-ga, for exec) with its libraries. Everything runs from the initramfs; the disk is only read at boot.
 #
 # The same build also makes tiny-container.qcow2 (next to tiny.qcow2): the same kernel and
 # initramfs plus a second archive from container/, which makes rcS run the container's
@@ -17,7 +17,7 @@ TINY_PART_START=2048      # sectors (1 MiB)
 # rcS loads "core" always and the device groups when such a PCI device is
 # present; "fs" is loaded on demand when something is mounted.
 TINY_MODULE_GROUPS="core:virtio_pci,button,evdev blk:virtio_blk scsi:virtio_scsi,sd_mod,sr_mod
-	net:virtio_net rng:virtio_rng fs:isofs,vfat,nls_cp437,nls_iso8859-1,nls_ascii,nls_utf8"
+	net:virtio_net rng:virtio_rng serial:virtio_console fs:isofs,vfat,nls_cp437,nls_iso8859-1,nls_ascii,nls_utf8"
 # Kernel command line. Besides the console, for a fast boot under TCG:
 #   cryptomgr.notests  skips the crypto self-tests (~1.7 s of emulated CPU)
 #   pci=noacpi         PCI IRQ routing from the BIOS tables instead of ACPI
@@ -70,8 +70,22 @@ build_tiny() {
 	# ---- inputs: scripts + exact package versions ----
 	local kpkg kver_pkg libs lib p inputs
 	read -r kpkg kver_pkg <<<"$(apt_meta_target linux-image-cloud-amd64 linux-image-)"
-	libs=$( (ldd "$dbr"; ldd "$dbk") | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+	# the guest agent, from its .deb (not installed on the host); its libraries from the host
+	local qga_ver qga_deb qga
+	qga_ver=$(apt_candidate qemu-guest-agent)
+	qga_deb=$(apt_download qemu-guest-agent "$qga_ver")
+	qga=$CACHE/qemu-ga-${qga_ver//:/%3a}/usr/sbin/qemu-ga
+	if [ ! -x "$qga" ]; then
+		rm -rf "${qga%/usr/sbin/qemu-ga}"
+		dpkg-deb -x "$qga_deb" "${qga%/usr/sbin/qemu-ga}"
+		[ -x "$qga" ] || die "no usr/sbin/qemu-ga in $qga_deb"
+	fi
+	if ldd "$qga" | grep -q "not found"; then
+		die "qemu-ga needs libraries this host lacks: $(ldd "$qga" | grep "not found" | tr -s ' \t\n' ' ') (install the packages qemu-guest-agent depends on)"
+	fi
+	libs=$( (ldd "$dbr"; ldd "$dbk"; ldd "$qga") | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 	inputs="scripts $(scripts_hash tiny)
+qemu-guest-agent $qga_ver
 kernel $kpkg $kver_pkg
 busybox-static $(pkg_version busybox-static)
 dropbear-bin $(pkg_version dropbear-bin)
@@ -162,9 +176,10 @@ lib $lib $p $(pkg_version "$p")"
 	depmod -b "$root" "$kver"   # for busybox modprobe / kernel autoloading
 	rm -f "$root/lib/modules/$kver"/*.bin
 
-	# dropbear and the shared libraries it needs (per ldd), plus the loader
+	# dropbear, qemu-ga and the shared libraries they need (per ldd), plus the loader
 	install -D -m 755 "$dbr" "$root/usr/sbin/dropbear"
 	install -D -m 755 "$dbk" "$root/usr/bin/dropbearkey"
+	install -D -m 755 "$qga" "$root/usr/sbin/qemu-ga"
 	for lib in $libs; do
 		install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
 	done

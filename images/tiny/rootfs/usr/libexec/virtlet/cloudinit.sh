@@ -152,11 +152,30 @@ load_device_modules() {
 		0x1001|0x1042) groups="$groups blk " ;;
 		0x1004|0x1048) groups="$groups scsi " ;;
 		0x1005|0x1044) groups="$groups rng " ;;
+		0x1003|0x1043) groups="$groups serial " ;;
 		esac
 	done
-	for d in core blk scsi net rng; do
+	for d in core blk scsi net rng serial; do
 		case "$groups" in *" $d "*) load_group "$d" ;; esac
 	done
+}
+
+# ---- QEMU guest agent (exec) ----
+# start_guest_agent: runs qemu-ga on the virtio-serial port named
+# org.qemu.guest_agent.0 (no udev here to make /dev/virtio-ports/ links)
+start_guest_agent() {
+	local p n
+	command -v qemu-ga >/dev/null || return 0
+	for p in /sys/class/virtio-ports/*; do
+		read -r n <"$p/name" 2>/dev/null || continue
+		[ "$n" = org.qemu.guest_agent.0 ] || continue
+		mkdir -p /run/qemu-ga
+		qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -f /run/qemu-ga.pid \
+			-t /run/qemu-ga -l /var/log/qemu-ga.log &&
+			log "guest agent started on /dev/${p##*/}"
+		return 0
+	done
+	log "no guest agent channel"
 }
 
 # ---- network ----
