@@ -13,6 +13,7 @@
 mod cache;
 mod container;
 mod error;
+pub mod exec;
 mod filters;
 pub mod netns;
 pub mod network;
@@ -40,6 +41,7 @@ use virtlet_vm::console;
 
 pub use error::ManagerError;
 pub use records::{ContainerRecord, Exit, RootDisk, SandboxRecord};
+pub use virtlet_vm::agent::ExecOutput;
 
 type Result<T> = std::result::Result<T, ManagerError>;
 
