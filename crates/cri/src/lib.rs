@@ -11,6 +11,7 @@ pub mod serve;
 mod service;
 mod status;
 pub mod stream;
+mod streaming;
 
 pub use image::ImageServer;
 pub use runtime::RuntimeServer;

@@ -23,7 +23,7 @@ use crate::{RUNTIME_API_VERSION, RUNTIME_NAME};
 
 pub struct RuntimeServer {
     version: String,
-    manager: Arc<Manager>,
+    pub(crate) manager: Arc<Manager>,
     /// Hands out attach and port-forward URLs.
     streams: Option<Arc<virtlet_stream::StreamServer>>,
     /// How VMs run here (`KVM` or `TCG ...`), for Status's verbose info.
@@ -72,7 +72,7 @@ impl RuntimeServer {
         )
     }
 
-    fn streams(&self) -> Result<&virtlet_stream::StreamServer, Status> {
+    pub(crate) fn streams(&self) -> Result<&virtlet_stream::StreamServer, Status> {
         self.streams
             .as_deref()
             .ok_or_else(|| Status::unavailable("the streaming server is not running"))
@@ -82,7 +82,7 @@ impl RuntimeServer {
 /// Runs a call that changes state to its end in a task of its own: a client that gives up
 /// (crictl's 2 s default timeout, a cancelled context) must not stop it halfway, with a domain
 /// defined and no record of it. The answer is dropped if nobody waits for it.
-async fn to_completion<T: Send + 'static>(
+pub(crate) async fn to_completion<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(work)
@@ -90,7 +90,7 @@ async fn to_completion<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("the call's task failed: {e}")))
 }
 
-fn not_yet(call: &str, why: &str) -> Status {
+pub(crate) fn not_yet(call: &str, why: &str) -> Status {
     tracing::debug!(call, "unimplemented CRI call");
     Status::unimplemented(format!(
         "{call} is not implemented by this virtlet version: {why}"
@@ -161,7 +161,7 @@ impl RuntimeServer {
     }
 }
 
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     &id[..13.min(id.len())]
 }
 
@@ -351,6 +351,13 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(api::StartContainerResponse {}))
     }
 
+    async fn exec_sync(
+        &self,
+        request: Request<api::ExecSyncRequest>,
+    ) -> Result<Response<api::ExecSyncResponse>, Status> {
+        self.exec_sync_call(request).await
+    }
+
     async fn stop_container(
         &self,
         request: Request<api::StopContainerRequest>,
@@ -520,26 +527,15 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<api::AttachRequest>,
     ) -> Result<Response<api::AttachResponse>, Status> {
-        let r = request.into_inner();
-        if r.container_id.is_empty() {
-            return Err(Status::invalid_argument("container_id is empty"));
-        }
-        if !(r.stdin || r.stdout || r.stderr) {
-            return Err(Status::invalid_argument(
-                "attach needs at least one of stdin, stdout and stderr",
-            ));
-        }
-        self.manager
-            .console(&r.container_id)
-            .map_err(|e| manager_error_status(&e))?;
-        let url = self.streams()?.url(virtlet_stream::Request::Attach {
-            container_id: r.container_id,
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr && !r.tty,
-            tty: r.tty,
-        });
-        Ok(Response::new(api::AttachResponse { url }))
+        self.attach_call(request).await
+    }
+
+    #[tracing::instrument(name = "Exec", skip_all, fields(id = %short(&request.get_ref().container_id)))]
+    async fn exec(
+        &self,
+        request: Request<api::ExecRequest>,
+    ) -> Result<Response<api::ExecResponse>, Status> {
+        self.exec_call(request).await
     }
 
     #[tracing::instrument(name = "PortForward", skip_all, fields(id = %short(&request.get_ref().pod_sandbox_id)))]
@@ -547,36 +543,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<api::PortForwardRequest>,
     ) -> Result<Response<api::PortForwardResponse>, Status> {
-        let r = request.into_inner();
-        if r.pod_sandbox_id.is_empty() {
-            return Err(Status::invalid_argument("pod_sandbox_id is empty"));
-        }
-        let mut ports = Vec::new();
-        for (i, p) in r.port.iter().enumerate() {
-            match u16::try_from(*p) {
-                Ok(p) if p > 0 => ports.push(p),
-                _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "port[{i}] {p} is not a port (1-65535)"
-                    )));
-                }
-            }
-        }
-        let sandbox = self
-            .manager
-            .sandbox(&r.pod_sandbox_id)
-            .map_err(|e| manager_error_status(&e))?;
-        if sandbox.state != virtlet_core::SandboxState::Ready {
-            return Err(Status::failed_precondition(format!(
-                "pod sandbox {:?} is not ready",
-                r.pod_sandbox_id
-            )));
-        }
-        let url = self.streams()?.url(virtlet_stream::Request::PortForward {
-            sandbox_id: r.pod_sandbox_id,
-            ports,
-        });
-        Ok(Response::new(api::PortForwardResponse { url }))
+        self.port_forward_call(request).await
     }
 
     async fn list_metric_descriptors(
@@ -664,8 +631,6 @@ impl RuntimeService for RuntimeServer {
     }
 
     unimplemented_calls! {
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
-        exec(ExecRequest) -> ExecResponse = "Exec", "exec into a VM needs the QEMU guest agent, which a later version will use; use kubectl attach (the serial console) or ssh";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer", "VM checkpoints are not supported";
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use virtlet_manager::Manager;
-use virtlet_stream::{Backend, ConsoleIo};
+use virtlet_stream::{Backend, ConsoleIo, ExecOutcome, ExecOutput};
 
 pub struct ManagerBackend(pub Arc<Manager>);
 
@@ -36,6 +36,29 @@ impl Backend for ManagerBackend {
         Box::pin(async move {
             m.dial_pod(&id, port)
                 .await
+                .map_err(|e| virtlet_core::error::chain(&e))
+        })
+    }
+
+    fn exec(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExecOutcome> + Send>> {
+        let m = self.0.clone();
+        let id = container_id.to_owned();
+        Box::pin(async move {
+            // Its own task: the command is waited for (and cleaned up) even when the client
+            // goes away.
+            tokio::spawn(async move { m.exec_sync(&id, cmd, stdin, None).await })
+                .await
+                .map_err(|e| format!("the exec task failed: {e}"))?
+                .map(|o| ExecOutput {
+                    exit_code: o.exit_code,
+                    stdout: o.stdout,
+                    stderr: o.stderr,
+                })
                 .map_err(|e| virtlet_core::error::chain(&e))
         })
     }

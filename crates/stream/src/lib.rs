@@ -5,6 +5,9 @@
 //!   WebSocket with `v4.channel.k8s.io` and `v5.channel.k8s.io`. It is the VM's serial
 //!   console: several clients at once, input typed into the VM, Ctrl-] detaches, the log
 //!   keeps flowing, resize messages are read and ignored (a serial line has no size).
+//! - exec ([`exec`]): the same protocols as attach, without a terminal; the command runs
+//!   through the runtime's guest agent, stdin read to its end first, output and the exit
+//!   status (client-go's `NonZeroExitCode`) sent when it ends.
 //! - port-forward ([`portforward`]): SPDY/3.1 `portforward.k8s.io` (error/data stream pairs),
 //!   the same tunnelled through WebSocket (`SPDY/3.1+portforward.k8s.io`), and WebSocket
 //!   `v4.channel.k8s.io` (two channels per port). Connections are made from inside the pod's
@@ -15,10 +18,12 @@
 
 mod attach;
 pub mod client;
+mod exec;
 mod portforward;
 mod server;
 pub mod tokens;
 pub mod ws;
 
-pub use server::{Backend, ConsoleIo, DETACH_KEY, StreamServer};
+pub use exec::MAX_STDIN;
+pub use server::{Backend, ConsoleIo, DETACH_KEY, ExecOutcome, ExecOutput, StreamServer};
 pub use tokens::{Request, Tokens};

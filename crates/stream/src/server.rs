@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::attach::{Streams, spdy_attach, ws_attach};
+use crate::exec::{spdy_exec, ws_exec};
 use crate::portforward::{spdy_port_forward, ws_port_forward};
 use crate::tokens::{Request, Tokens};
 
@@ -49,7 +50,18 @@ pub struct ConsoleIo {
     pub stdin_once: bool,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a command run by [`Backend::exec`] left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A command's output, or why it could not run.
+pub type ExecOutcome = Result<ExecOutput, String>;
 
 /// What the server needs from the runtime.
 pub trait Backend: Send + Sync + 'static {
@@ -57,6 +69,13 @@ pub trait Backend: Send + Sync + 'static {
     fn attach(&self, container_id: &str) -> Result<ConsoleIo, String>;
     /// A connection to `port` of the pod's VM.
     fn dial(&self, sandbox_id: &str, port: u16) -> BoxFuture<Result<TcpStream, String>>;
+    /// Runs `cmd` in the container's VM with `stdin` (all of it), to its end.
+    fn exec(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> BoxFuture<ExecOutcome>;
 }
 
 pub struct StreamServer {
@@ -114,10 +133,11 @@ impl StreamServer {
         self.addr
     }
 
-    /// The URL for a request: `/attach/<token>` or `/portforward/<token>`.
+    /// The URL for a request: `/attach/<token>`, `/exec/<token>` or `/portforward/<token>`.
     pub fn url(&self, req: Request) -> String {
         let kind = match req {
             Request::Attach { .. } => "attach",
+            Request::Exec { .. } => "exec",
             Request::PortForward { .. } => "portforward",
         };
         format!("{}/{kind}/{}", self.base, self.tokens.issue(req))
@@ -170,7 +190,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let (kind, token) = match path.trim_start_matches('/').split_once('/') {
-        Some((k @ ("attach" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => {
+        Some((k @ ("attach" | "exec" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => {
             (k.to_owned(), t.to_owned())
         }
         _ => return Ok(plain(StatusCode::NOT_FOUND, "not found")),
@@ -212,7 +232,9 @@ async fn handle(
     };
     let kind_matches = matches!(
         (&request, kind.as_str()),
-        (Request::Attach { .. }, "attach") | (Request::PortForward { .. }, "portforward")
+        (Request::Attach { .. }, "attach")
+            | (Request::Exec { .. }, "exec")
+            | (Request::PortForward { .. }, "portforward")
     );
     if !kind_matches {
         return Ok(plain(
@@ -221,14 +243,14 @@ async fn handle(
         ));
     }
     let (client_protocols, server_protocols) = match (&wire, &request) {
-        (Wire::Spdy, Request::Attach { .. }) => {
+        (Wire::Spdy, Request::Attach { .. } | Request::Exec { .. }) => {
             (header_list(&req, "x-stream-protocol-version"), ATTACH_SPDY)
         }
         (Wire::Spdy, Request::PortForward { .. }) => (
             header_list(&req, "x-stream-protocol-version"),
             PORTFORWARD_SPDY,
         ),
-        (Wire::WebSocket { .. }, Request::Attach { .. }) => {
+        (Wire::WebSocket { .. }, Request::Attach { .. } | Request::Exec { .. }) => {
             (header_list(&req, "sec-websocket-protocol"), ATTACH_WS)
         }
         (Wire::WebSocket { .. }, Request::PortForward { .. }) => {
@@ -249,7 +271,7 @@ async fn handle(
             Ok(c) => Some(c),
             Err(e) => return Ok(plain(StatusCode::NOT_FOUND, e)),
         },
-        Request::PortForward { .. } => None,
+        Request::PortForward { .. } | Request::Exec { .. } => None,
     };
     let ws_ports = query_ports(req.uri().query().unwrap_or(""));
 
@@ -310,6 +332,33 @@ async fn handle(
                     Wire::WebSocket { .. } => ws_attach(upgraded, &protocol, want, console).await,
                 }
                 info!(container = %short(&container_id), "attach ({over}) ended");
+            }
+            (
+                Request::Exec {
+                    container_id,
+                    cmd,
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                _,
+            ) => {
+                let want = Streams {
+                    stdin,
+                    stdout,
+                    stderr,
+                    tty: false,
+                };
+                let run: crate::exec::Run = {
+                    let (id, cmd) = (container_id.clone(), cmd.clone());
+                    Box::new(move |input| backend.exec(&id, cmd, input))
+                };
+                info!(container = %short(&container_id), %protocol, ?cmd, "exec ({over}) started");
+                match wire {
+                    Wire::Spdy => spdy_exec(upgraded, &protocol, want, cmd, run).await,
+                    Wire::WebSocket { .. } => ws_exec(upgraded, &protocol, want, cmd, run).await,
+                }
+                info!(container = %short(&container_id), "exec ({over}) ended");
             }
             (Request::PortForward { sandbox_id, ports }, _) => {
                 info!(sandbox = %short(&sandbox_id), %protocol, "port-forward ({over}) started");

@@ -15,6 +15,14 @@ pub enum Request {
         stderr: bool,
         tty: bool,
     },
+    /// A command without a terminal (the guest agent cannot give one).
+    Exec {
+        container_id: String,
+        cmd: Vec<String>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     PortForward {
         sandbox_id: String,
         ports: Vec<u16>,

@@ -1,7 +1,8 @@
 //! The real crictl (from `../shared/tools`) against the daemon, one operator command after
 //! another, checking what crictl prints: images with libvirt's test driver, then a whole VM pod
 //! under libvirtd (runp, create, start, ps/pods with their filters, inspect, logs with -f and
-//! --tail, attach, port-forward over SPDY and WebSocket, stats, stop, rm, stopp, rmp).
+//! --tail, attach, exec (-s, SPDY, WebSocket, -i), port-forward over SPDY and WebSocket, stats,
+//! stop, rm, stopp, rmp).
 
 #![allow(clippy::unwrap_used)]
 
@@ -388,10 +389,20 @@ async fn crictl_runs_a_vm_pod_end_to_end() {
     // logs, -f and --tail.
     let follow = Background::start(c.command(&["logs", "-f", &cid]));
     follow.wait_for(MARKER, Duration::from_secs(180));
-    let all = c.ok(&["logs", &cid]);
+    // The guest may still be printing (its shell's banner): compare while the log is still.
+    let (all, last) = (0..10)
+        .find_map(|_| {
+            let all = c.ok(&["logs", &cid]);
+            let last = c.ok(&["logs", "--tail", "2", &cid]);
+            let still = c.ok(&["logs", &cid]) == all;
+            if !still {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            still.then_some((all, last))
+        })
+        .expect("the console log never stood still for a moment");
     assert!(all.contains(MARKER), "{all}");
     assert!(all.lines().count() > 5);
-    let last = c.ok(&["logs", "--tail", "2", &cid]);
     assert_eq!(last.lines().count(), 2, "{last:?}");
     assert!(
         all.ends_with(&last),
@@ -421,6 +432,63 @@ async fn crictl_runs_a_vm_pod_end_to_end() {
     assert!(text.contains("attach-42"), "attach saw:\n{text}");
     follow.wait_for("attach-42", Duration::from_secs(10));
     drop(follow);
+
+    // exec through the guest agent: ExecSync (-s), and streaming exec over SPDY and
+    // WebSocket with stdout, stderr, stdin and the exit code; a terminal (-t) is refused.
+    let hostname = c.ok(&["exec", "-s", &cid, "cat", "/etc/hostname"]);
+    assert_eq!(hostname.trim(), "crictl-vm");
+    for transport in ["spdy", "websocket"] {
+        let out = c.run(&[
+            "exec",
+            "--transport",
+            transport,
+            &cid,
+            "sh",
+            "-c",
+            "echo exec-out; echo exec-err >&2",
+        ]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains("exec-out") && stderr.contains("exec-err"),
+            "{transport}: {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        // client-go reads the exit code from the status; crictl names it (and exits 1).
+        let out = c.run(&["exec", "--transport", transport, &cid, "sh", "-c", "exit 3"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("command terminated with exit code 3"),
+            "{transport}: {stderr}"
+        );
+    }
+    let mut cat = c
+        .command(&["exec", "-i", &cid, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through stdin\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c.run(&["exec", "-it", &cid, "sh"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("terminal"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // port-forward over SPDY and over WebSocket: HTTP reaches the server in the VM, two
     // connections at once; a port where nothing listens gives client-go's error.

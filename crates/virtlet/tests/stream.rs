@@ -89,24 +89,49 @@ async fn bad_stream_requests_get_clean_errors() {
         Code::InvalidArgument,
         &["port[0] 70000"],
     );
-    for r in [
+    // Exec: its checks come before a URL is handed out.
+    assert_status(
         rt.exec(api::ExecRequest {
             container_id: "x".into(),
             cmd: vec!["ls".into()],
             ..Default::default()
         })
-        .await
-        .map(|_| ()),
+        .await,
+        Code::InvalidArgument,
+        &["at least one of stdin, stdout and stderr"],
+    );
+    assert_status(
+        rt.exec(api::ExecRequest {
+            container_id: "x".into(),
+            cmd: vec!["ls".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        &["container \"x\""],
+    );
+    assert_status(
+        rt.exec(api::ExecRequest {
+            container_id: "x".into(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        &["cmd is empty"],
+    );
+    // ExecSync of a container that does not exist.
+    assert_status(
         rt.exec_sync(api::ExecSyncRequest {
             container_id: "x".into(),
             cmd: vec!["ls".into()],
             timeout: 1,
         })
-        .await
-        .map(|_| ()),
-    ] {
-        assert_status(r, Code::Unimplemented, &["guest agent", "kubectl attach"]);
-    }
+        .await,
+        Code::NotFound,
+        &["container \"x\""],
+    );
 
     // HTTP side.
     let url = pf_url(&d, &pod, vec![22]).await.unwrap();
