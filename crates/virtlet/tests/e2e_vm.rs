@@ -395,7 +395,7 @@ async fn cloud_init_reaches_the_guest_with_nocloud_and_configdrive() {
             format!("{MARKER} hostname={pod_name}"),
             "CI-PASSWORD=hunter2".into(),
             "CI-CONF=mode=fast".into(),
-            "CI-ENV-GREETING='hello-env'".into(),
+            "CI-ENV-GREETING=hello-env".into(),
             "CI-KEYS=1".into(),
             "CI-ARGS-RAN".into(),
         ] {
