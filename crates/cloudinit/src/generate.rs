@@ -69,6 +69,9 @@ impl SeedKind {
 pub struct Input<'a> {
     pub pod_name: &'a str,
     pub namespace: &'a str,
+    /// The pod's hostname (CRI `hostname`: the pod spec's `hostname`, else its name); empty:
+    /// the pod's name.
+    pub hostname: &'a str,
     /// The VM's UUID (ConfigDrive's `uuid`).
     pub uuid: &'a str,
     pub annotations: CloudInitAnnotations,
@@ -82,6 +85,8 @@ pub struct Input<'a> {
     pub env: Vec<(String, String)>,
     /// The container's command followed by its args: run at first boot.
     pub command: Vec<String>,
+    /// The pod's sysctls (checked with [`crate::sysctl::check`]): set at every boot.
+    pub sysctls: Vec<(String, String)>,
     /// The network config to hand over (NoCloud v1 / ConfigDrive network_data), when known.
     pub network_config: Option<serde_json::Value>,
     pub kind: SeedKind,
@@ -133,16 +138,21 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
     };
     keys.extend(a.ssh_keys.iter().cloned());
 
+    let hostname = if input.hostname.is_empty() {
+        input.pod_name
+    } else {
+        input.hostname
+    };
     let mut meta = json!({
         "instance-id": format!("{}.{}", input.pod_name, input.namespace),
-        "local-hostname": input.pod_name,
+        "local-hostname": hostname,
     });
     if !keys.is_empty() {
         meta["public-keys"] = json!(keys);
     }
     if input.kind == SeedKind::ConfigDrive {
         meta["uuid"] = json!(input.uuid);
-        meta["hostname"] = json!(input.pod_name);
+        meta["hostname"] = json!(hostname);
         meta["public_keys"] = json!(
             keys.iter()
                 .enumerate()
@@ -237,10 +247,40 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
         );
     }
 
-    // A script replaces the whole user-data (the annotation's wins over the source's).
+    if !input.sysctls.is_empty() {
+        let cmds = crate::sysctl::bootcmd(&input.sysctls)
+            .into_iter()
+            .map(|argv| Value::Sequence(argv.into_iter().map(Value::String).collect()))
+            .collect();
+        merge(
+            &mut user,
+            Value::Mapping(Mapping::from_iter([(
+                Value::String("bootcmd".into()),
+                Value::Sequence(cmds),
+            )])),
+        );
+    }
+
+    // A script replaces the whole user-data (the annotation's wins over the source's); a
+    // shell script gets the sysctls as its first commands.
     let script = a.user_data_script.clone().or(source_script);
     let user_data = match script {
-        Some(s) => s.replace(MOUNT_SCRIPT_TOKEN, &mount_script(&input.files)),
+        Some(s) => {
+            let s = s.replace(MOUNT_SCRIPT_TOKEN, &mount_script(&input.files));
+            match s.split_once('\n') {
+                Some((shebang, rest))
+                    if !input.sysctls.is_empty()
+                        && shebang.starts_with("#!")
+                        && shebang.trim_end().ends_with("sh") =>
+                {
+                    format!(
+                        "{shebang}\n{}{rest}",
+                        crate::sysctl::shell_lines(&input.sysctls)
+                    )
+                }
+                _ => s,
+            }
+        }
         None => {
             let body = match &user {
                 Value::Mapping(m) if m.is_empty() => String::new(),

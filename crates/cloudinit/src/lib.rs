@@ -8,6 +8,7 @@ pub mod generate;
 pub mod merge;
 pub mod network;
 pub mod seed;
+pub mod sysctl;
 
 pub use annotations::{CloudInitAnnotations, Encoding, SourceKind, SourceRef};
 pub use generate::{CloudInitData, CloudInitError, Input, WriteFile};

@@ -260,3 +260,56 @@ fn seeds_carry_the_label_and_files() {
         assert_eq!(leftovers, 0, "no staging dir left");
     }
 }
+
+#[test]
+fn sysctls_are_set_at_every_boot() {
+    let sysctls = vec![
+        ("kernel.shm_rmid_forced".to_owned(), "1".to_owned()),
+        ("kernel.msgmax".to_owned(), "8192".to_owned()),
+    ];
+    let mut i = input(
+        &[("VirtletCloudInitUserData", "bootcmd:\n- [echo, mine]\n")],
+        SeedKind::NoCloud,
+    );
+    i.sysctls = sysctls.clone();
+    let data = generate(&i).unwrap();
+    let user: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(data.user_data.trim_start_matches("#cloud-config\n")).unwrap();
+    let bootcmd = serde_yaml_ng::to_string(&user["bootcmd"]).unwrap();
+    assert_eq!(
+        bootcmd,
+        "- - echo\n  - mine\n- - sysctl\n  - -w\n  - kernel.shm_rmid_forced=1\n- - sysctl\n  - -w\n  - kernel.msgmax=8192\n"
+    );
+    // A shell script gets them as its first commands; other scripts are left alone.
+    let mut i = input(
+        &[("VirtletCloudInitUserDataScript", "#!/bin/sh\necho hi\n")],
+        SeedKind::NoCloud,
+    );
+    i.sysctls = sysctls.clone();
+    assert_eq!(
+        generate(&i).unwrap().user_data,
+        "#!/bin/sh\nsysctl -w 'kernel.shm_rmid_forced=1'\nsysctl -w 'kernel.msgmax=8192'\necho hi\n"
+    );
+    let mut i = input(
+        &[(
+            "VirtletCloudInitUserDataScript",
+            "#!/usr/bin/python3\nprint(1)\n",
+        )],
+        SeedKind::NoCloud,
+    );
+    i.sysctls = sysctls;
+    assert_eq!(
+        generate(&i).unwrap().user_data,
+        "#!/usr/bin/python3\nprint(1)\n"
+    );
+}
+
+#[test]
+fn the_pods_hostname_wins_over_its_name() {
+    let mut i = input(&[], SeedKind::ConfigDrive);
+    assert_eq!(generate(&i).unwrap().meta_data["local-hostname"], "vm1");
+    i.hostname = "web-0";
+    let data = generate(&i).unwrap();
+    assert_eq!(data.meta_data["local-hostname"], "web-0");
+    assert_eq!(data.meta_data["hostname"], "web-0");
+}

@@ -155,6 +155,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
     let seed_data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {
         pod_name: &pod_meta.name,
         namespace: &pod_meta.namespace,
+        hostname: &sandbox.config.hostname,
         uuid: &uuid,
         annotations: pod.cloud_init.clone(),
         files,
@@ -164,6 +165,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect(),
         command,
+        sysctls: pod.sysctls.clone(),
         kind: seed_kind,
         network_config: sandbox
             .pod_network()

@@ -13,13 +13,27 @@ pub struct PodSpec {
     pub vm: VmAnnotations,
     /// The cloud-init annotations (user-data, keys, sources, image type).
     pub cloud_init: CloudInitAnnotations,
+    /// `linux.sysctls`, by name: set in the guest at every boot.
+    pub sysctls: Vec<(String, String)>,
 }
 
 impl PodSpec {
     pub fn parse(config: &PodSandboxConfig) -> Result<PodSpec, ManagerError> {
+        let mut sysctls: Vec<(String, String)> = config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default();
+        sysctls.sort();
+        for (name, value) in &sysctls {
+            virtlet_cloudinit::sysctl::check(name, value).map_err(|reason| {
+                ManagerError::invalid(format!("linux.sysctls[{name:?}]: {reason}"))
+            })?;
+        }
         Ok(PodSpec {
             vm: VmAnnotations::parse(&config.annotations)?,
             cloud_init: CloudInitAnnotations::parse(&config.annotations)?,
+            sysctls,
         })
     }
 }
@@ -43,5 +57,31 @@ mod tests {
         assert!(virtlet_core::error::chain(&err).contains("VirtletVCPUCount"));
         let err = PodSpec::parse(&config("VirtletCloudInitUserData", "[unclosed")).unwrap_err();
         assert_eq!(err.kind(), virtlet_core::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn sysctls_are_kept_sorted_and_bad_ones_refused_naming_them() {
+        let config = |pairs: &[(&str, &str)]| PodSandboxConfig {
+            linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+                sysctls: pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = PodSpec::parse(&config(&[
+            ("kernel.shm_rmid_forced", "1"),
+            ("fs.mqueue.msg_max", "100"),
+        ]))
+        .unwrap();
+        assert_eq!(spec.sysctls[0].0, "fs.mqueue.msg_max");
+        let err = PodSpec::parse(&config(&[("foo.bar", "1")])).unwrap_err();
+        assert_eq!(err.kind(), virtlet_core::ErrorKind::InvalidArgument);
+        assert!(
+            err.to_string().contains("linux.sysctls[\"foo.bar\"]"),
+            "{err}"
+        );
     }
 }
