@@ -126,7 +126,7 @@ lib $lib $p $(pkg_version "$p")"
 	# ---- initramfs tree ----
 	mkdir -p "$root"
 	cp -a "$IMAGES_DIR/tiny/rootfs/." "$root/"
-	chmod 755 "$root/etc/init.d/"* "$root/etc/acpi/PWRF/"* "$root/usr/share/udhcpc/default.script" "$root/bin/mountpoint"
+	chmod 755 "$root/etc/init.d/"* "$root/etc/acpi/PWRF/"* "$root/usr/share/udhcpc/default.script" "$root/bin/mountpoint" "$root/usr/bin/pgrep"
 	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,root,mnt,etc/dropbear,var/log,var/lib}
 	chmod 700 "$root/root"
 	chmod 1777 "$root/tmp"
