@@ -2,7 +2,8 @@
 //! scheduler, started by `cluster-up`) with the real kubelet as its node and virtlet as the
 //! node's runtime; kubectl through the API server: `apply` of a VM pod, `logs`, `attach -i`,
 //! `port-forward` (WebSocket, kubectl's default, and SPDY; several connections at once; a
-//! port where nothing listens), and `delete` with a grace period. The pod's user-data comes
+//! port where nothing listens), `exec`, exec readiness and liveness probes (a failing one
+//! restarts the VM), and `delete` with a grace period. The pod's user-data comes
 //! from a ConfigMap that virtlet reads through the API server (kube-rs, client certificates).
 
 #![allow(clippy::unwrap_used)]
@@ -262,7 +263,8 @@ spec:
     stdin: true
     tty: true
     readinessProbe:
-      tcpSocket: {{port: 8080}}
+      exec:
+        command: [wget, -q, -O, /dev/null, 'http://127.0.0.1:8080/']
       periodSeconds: 2
 ",
         ud = serde_json::json!(runcmd)
@@ -368,6 +370,92 @@ spec:
             "{how}: {said:?}"
         );
     }
+
+    // kubectl exec: a command in the guest through the agent, its output and exit code.
+    let hostname = cluster.ok(&["exec", "vm", "--", "cat", "/etc/hostname"]);
+    assert_eq!(hostname.trim(), "vm");
+    let out = cluster
+        .kubectl()
+        .args(["exec", "vm", "--", "sh", "-c", "echo to-stderr >&2; exit 5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("to-stderr"),
+        "{out:?}"
+    );
+
+    // An exec liveness probe that starts failing: the kubelet restarts the VM.
+    let liveness = "apiVersion: v1
+kind: Pod
+metadata:
+  name: vm-liveness
+  annotations:
+    kubernetes.io/target-runtime: virtlet.cloud
+    VirtletCloudInitUserData: |
+      runcmd:
+        - [sh, -c, 'touch /tmp/alive; (sleep 15; rm -f /tmp/alive) &']
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: vm
+    image: virtlet.cloud/tiny
+    livenessProbe:
+      exec:
+        command: [test, -e, /tmp/alive]
+      initialDelaySeconds: 10
+      periodSeconds: 2
+      failureThreshold: 2
+";
+    let file = d.dir.path().join("liveness.yaml");
+    std::fs::write(&file, liveness).unwrap();
+    cluster.ok(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let restarts = cluster.ok(&[
+            "get",
+            "pod",
+            "vm-liveness",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ]);
+        if restarts.trim().parse::<u32>().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing liveness probe did not restart the VM:\n{}\nkubelet log (end):\n{}",
+            cluster.ok(&["describe", "pod", "vm-liveness"]),
+            k.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let events = cluster.ok(&["describe", "pod", "vm-liveness"]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    for cid in cluster
+        .ok(&[
+            "get",
+            "pod",
+            "vm-liveness",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])
+        .split_whitespace()
+    {
+        guard
+            .0
+            .push(cid.trim_start_matches("virtlet://").to_owned());
+    }
+    cluster.ok(&[
+        "delete",
+        "pod",
+        "vm-liveness",
+        "--grace-period=5",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
 
     // kubectl delete with a grace period: the VM is powered off (ACPI) and removed.
     let started = Instant::now();

@@ -180,6 +180,10 @@ async fn critest_groups_for_vm_pods() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    // critest's whole output, for reading a failure after the run.
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("critest-output.log");
+    let _ = std::fs::write(&kept, &log);
+    eprintln!("critest's output: {}", kept.display());
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&report)
             .unwrap_or_else(|e| panic!("critest wrote no report ({e}); it said:\n{log}")),
