@@ -19,6 +19,29 @@ pub(crate) fn virsh(args: &[&str]) -> Result<String> {
         .args(args))
 }
 
+/// `true` run in the guest with `virsh qemu-agent-command`: guest-exec, then guest-exec-status
+/// until the process has exited (the baseline for ExecSync).
+pub(crate) fn agent_true(domain: &str) -> Result<()> {
+    let started = virsh(&[
+        "qemu-agent-command",
+        domain,
+        r#"{"execute":"guest-exec","arguments":{"path":"true","capture-output":true}}"#,
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&started)?;
+    let pid = v["return"]["pid"]
+        .as_i64()
+        .with_context(|| format!("guest-exec answered {started}"))?;
+    let status = format!(r#"{{"execute":"guest-exec-status","arguments":{{"pid":{pid}}}}}"#);
+    for _ in 0..1000 {
+        let s = virsh(&["qemu-agent-command", domain, &status])?;
+        let v: serde_json::Value = serde_json::from_str(&s)?;
+        if v["return"]["exited"].as_bool() == Some(true) {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("true did not exit in the guest")
+}
+
 /// A NoCloud seed like virtlet's for a pod of this name (same generator).
 pub(crate) fn seed(work: &Path, name: &str) -> Result<PathBuf> {
     let data = virtlet_cloudinit::generate::generate(&virtlet_cloudinit::Input {

@@ -44,6 +44,21 @@ pub(crate) fn container_config(image: &str) -> api::ContainerConfig {
 }
 
 impl Cri {
+    /// ExecSync of `true`, as an exec probe runs it.
+    pub(crate) async fn exec_true(&mut self, container: &str) -> Result<()> {
+        let r = self
+            .rt
+            .exec_sync(api::ExecSyncRequest {
+                container_id: container.into(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(r.exit_code == 0, "true exited {}", r.exit_code);
+        Ok(())
+    }
+
     pub(crate) async fn pod(
         &mut self,
         name: &str,

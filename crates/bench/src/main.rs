@@ -89,6 +89,17 @@ enum Cmd {
         #[arg(long)]
         node: String,
     },
+    /// ExecSync of `true` through CRI vs the same through `virsh qemu-agent-command`
+    /// (guest-exec, then guest-exec-status until it exited), interleaved; then the daemon's
+    /// CPU time for a run of exec probes.
+    Exec {
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        #[arg(long, default_value_t = 1000)]
+        probes: usize,
+        #[arg(long)]
+        pid: u32,
+    },
     /// Full pod lifecycles one after another; first vs last durations, and leaks afterwards.
     Steady {
         #[arg(long, default_value_t = 100)]
@@ -151,6 +162,28 @@ fn rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, in milliseconds (from /proc, in clock ticks).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here 0 is field 3 (state).
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    (ticks(11) + ticks(12)) * 1000.0 / hz
 }
 
 fn fds(pid: u32) -> usize {
@@ -295,6 +328,39 @@ async fn main() -> Result<()> {
                 }
             }
             json!({ "running_s": running, "virtlet_s": ready, "baseline_s": base })
+        }
+        Cmd::Exec { calls, probes, pid } => {
+            let name = "exec0";
+            let (pod, c) = cri.pod(name, &cli.image, &logs.join(name), true).await?;
+            wait_marker(&logs.join(name).join("vm.log"), Duration::from_secs(180)).await?;
+            let domain = cri.domain_of(&c).await?;
+            // Warm-up: the first of each starts the agent's and libvirt's caches.
+            cri.exec_true(&c).await?;
+            baseline::agent_true(&domain)?;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..calls {
+                let t = Instant::now();
+                cri.exec_true(&c).await?;
+                a.push(secs(t.elapsed()));
+                let t = Instant::now();
+                baseline::agent_true(&domain)?;
+                b.push(secs(t.elapsed()));
+            }
+            let before = cpu_ms(pid);
+            let t = Instant::now();
+            for _ in 0..probes {
+                cri.exec_true(&c).await?;
+            }
+            let took = t.elapsed();
+            let cpu = cpu_ms(pid) - before;
+            cri.remove_pod(&pod).await?;
+            json!({
+                "virtlet_s": a,
+                "baseline_s": b,
+                "probes": probes,
+                "probes_s": secs(took),
+                "cpu_ms_per_1000": cpu * 1000.0 / probes.max(1) as f64,
+            })
         }
         Cmd::Ready { runs, image_file } => {
             let (mut a, mut b) = (Vec::new(), Vec::new());
