@@ -1,6 +1,6 @@
-//! CRI RuntimeService: requests become manager calls; records become CRI messages. Attach and
-//! port-forward answer with a URL of the streaming server (`virtlet_stream`); Exec and ExecSync
-//! answer UNIMPLEMENTED until commands run through the QEMU guest agent.
+//! CRI RuntimeService: requests become manager calls; records become CRI messages. ExecSync,
+//! Exec, Attach and PortForward are in [`crate::streaming`]: commands run through the QEMU
+//! guest agent, and the streaming calls answer with a URL of `virtlet_stream`.
 
 use std::collections::HashMap;
 use std::future::Future;

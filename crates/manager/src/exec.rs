@@ -84,6 +84,27 @@ fn agent_error(container: &str, e: DriverError) -> ManagerError {
     ManagerError::failed(kind, context, e)
 }
 
+/// Polls `guest-exec-status` of `pid` until it has exited (for a second at most), so that
+/// the agent forgets the process. Blocking.
+fn collect_status(
+    lv: &virtlet_vm::Libvirt,
+    domain: &str,
+    pid: i64,
+) -> std::result::Result<(), DriverError> {
+    for _ in 0..100 {
+        let s = lv.agent_command(
+            domain,
+            &agent::exec_status_request(pid),
+            AGENT_CALL_TIMEOUT_S,
+        )?;
+        if agent::parse_exec_status(&s).is_ok_and(|s| s != ExecStatus::Running) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 impl Manager {
     /// Runs `cmd` in the container's VM and returns its output and exit code. `timeout`:
     /// none means no limit.
@@ -214,30 +235,9 @@ impl Manager {
                 lv.agent_command(&domain, &agent::kill_request(pid), AGENT_CALL_TIMEOUT_S)?;
             // The kill command's own status, then the killed one's.
             if let Ok(k) = agent::parse_exec_started(&killer) {
-                for _ in 0..100 {
-                    let s = lv.agent_command(
-                        &domain,
-                        &agent::exec_status_request(k),
-                        AGENT_CALL_TIMEOUT_S,
-                    )?;
-                    if agent::parse_exec_status(&s).is_ok_and(|s| s != ExecStatus::Running) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                collect_status(&lv, &domain, k)?;
             }
-            for _ in 0..100 {
-                let s = lv.agent_command(
-                    &domain,
-                    &agent::exec_status_request(pid),
-                    AGENT_CALL_TIMEOUT_S,
-                )?;
-                if agent::parse_exec_status(&s).is_ok_and(|s| s != ExecStatus::Running) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok::<_, DriverError>(())
+            collect_status(&lv, &domain, pid)
         })
         .await;
         match result {

@@ -102,6 +102,33 @@ async fn end_input(end: &InputEnd, stdin_once: bool, input: &mpsc::Sender<Bytes>
     }
 }
 
+/// The `expected` streams the client opens, by their `streamtype`, each answered; `None`
+/// (and the session closed) when the client does not open them within [`STREAM_PATIENCE`].
+pub(crate) async fn accept_streams(
+    session: &spdy::Session,
+    acceptor: &mut spdy::StreamAcceptor,
+    expected: usize,
+    what: &str,
+) -> Option<HashMap<String, spdy::Stream>> {
+    let mut streams: HashMap<String, spdy::Stream> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
+    while streams.len() < expected {
+        let next = tokio::time::timeout_at(deadline, acceptor.accept()).await;
+        let Ok(Some(stream)) = next else {
+            warn!("{what}: the client did not open its streams");
+            session.close().await;
+            return None;
+        };
+        let kind = stream.header("streamtype").unwrap_or("").to_owned();
+        if stream.reply(vec![], false).await.is_err() {
+            session.close().await;
+            return None;
+        }
+        streams.insert(kind, stream);
+    }
+    Some(streams)
+}
+
 pub(crate) async fn spdy_attach<T>(io: T, protocol: &str, want: Streams, console: ConsoleIo)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -118,22 +145,10 @@ where
     if want.tty && v3plus {
         expected += 1;
     }
-    let mut streams: HashMap<String, spdy::Stream> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
-    while streams.len() < expected {
-        let next = tokio::time::timeout_at(deadline, acceptor.accept()).await;
-        let Ok(Some(stream)) = next else {
-            warn!("attach: the client did not open its streams");
-            session.close().await;
-            return;
-        };
-        let kind = stream.header("streamtype").unwrap_or("").to_owned();
-        if stream.reply(vec![], false).await.is_err() {
-            session.close().await;
-            return;
-        }
-        streams.insert(kind, stream);
-    }
+    let Some(mut streams) = accept_streams(&session, &mut acceptor, expected, "attach").await
+    else {
+        return;
+    };
     let error = streams.remove("error");
     let stdout = streams.remove("stdout");
     let stderr = streams.remove("stderr");

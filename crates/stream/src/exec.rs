@@ -8,7 +8,6 @@
 //! command, then sends stdout, stderr and the exit status (v4+: a `Status`, with the exit
 //! code as client-go reads it).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,14 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tracing::warn;
 use virtlet_wire::spdy;
 
-use crate::attach::{Streams, success_status};
+use crate::attach::{Streams, accept_streams, success_status};
 use crate::server::{BoxFuture, ExecOutcome};
 
-/// How long a client has to open the streams it announced.
-const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 /// How long the end of a session waits for the client to close the connection itself.
 const LINGER: Duration = Duration::from_secs(2);
 /// The most stdin a command is given (the agent takes it in one message).
@@ -89,22 +85,9 @@ where
     let (session, mut acceptor) = spdy::Session::server(io);
     let expected =
         1 + usize::from(want.stdin) + usize::from(want.stdout) + usize::from(want.stderr);
-    let mut streams: HashMap<String, spdy::Stream> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
-    while streams.len() < expected {
-        let next = tokio::time::timeout_at(deadline, acceptor.accept()).await;
-        let Ok(Some(stream)) = next else {
-            warn!("exec: the client did not open its streams");
-            session.close().await;
-            return;
-        };
-        let kind = stream.header("streamtype").unwrap_or("").to_owned();
-        if stream.reply(vec![], false).await.is_err() {
-            session.close().await;
-            return;
-        }
-        streams.insert(kind, stream);
-    }
+    let Some(mut streams) = accept_streams(&session, &mut acceptor, expected, "exec").await else {
+        return;
+    };
     let error = streams.remove("error");
     let stdout = streams.remove("stdout");
     let stderr = streams.remove("stderr");

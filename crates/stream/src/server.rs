@@ -121,7 +121,7 @@ impl StreamServer {
                 });
             }
         });
-        info!(%addr, "streaming server (attach, port-forward) listening");
+        info!(%addr, "streaming server (attach, exec, port-forward) listening");
         Ok(StreamServer {
             tokens,
             base: format!("http://{addr}"),

@@ -10,7 +10,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::vm::{DomainGuard, MARKER, require_libvirtd, serve_and_pull, tiny_image, wait_for_log};
+use common::vm::{
+    DomainGuard, MARKER, create_vm_pod, require_libvirtd, serve_and_pull, tiny_image, wait_for_log,
+};
 use common::{Daemon, Options, assert_status};
 use k8s_cri::v1 as api;
 use tonic::Code;
@@ -60,34 +62,20 @@ async fn exec_sync_runs_commands_in_the_guest() {
         annotations: HashMap::new(),
         ..Default::default()
     };
+    let (pod, c) = create_vm_pod(
+        &d,
+        &mut guard,
+        config,
+        api::ContainerConfig {
+            envs: vec![api::KeyValue {
+                key: "GREETING".into(),
+                value: "hello from the pod spec".into(),
+            }],
+            ..common::vm_container(&name)
+        },
+    )
+    .await;
     let mut rt = d.runtime().await;
-    let pod = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let c = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(api::ContainerConfig {
-                log_path: "vm.log".into(),
-                envs: vec![api::KeyValue {
-                    key: "GREETING".into(),
-                    value: "hello from the pod spec".into(),
-                }],
-                ..common::vm_container(&name)
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    guard.0.push(c.clone());
 
     // Created, not started: no VM to exec into.
     assert_status(

@@ -134,6 +134,26 @@ pub async fn run_vm_pod(
     config: k8s_cri::v1::PodSandboxConfig,
     image: &str,
 ) -> (String, String) {
+    let container = super::vm_container(image);
+    let (sandbox, id) = create_vm_pod(d, guard, config, container).await;
+    d.runtime()
+        .await
+        .start_container(k8s_cri::v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    (sandbox, id)
+}
+
+/// Makes a pod and creates its one container (`container`, console log `vm.log`), not
+/// started; the guard removes its domain whatever happens. Returns (sandbox, container).
+pub async fn create_vm_pod(
+    d: &Daemon,
+    guard: &mut DomainGuard,
+    config: k8s_cri::v1::PodSandboxConfig,
+    container: k8s_cri::v1::ContainerConfig,
+) -> (String, String) {
     use k8s_cri::v1 as api;
     let mut rt = d.runtime().await;
     let sandbox = rt
@@ -145,12 +165,12 @@ pub async fn run_vm_pod(
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let container = rt
+    let id = rt
         .create_container(api::CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(api::ContainerConfig {
                 log_path: "vm.log".into(),
-                ..super::vm_container(image)
+                ..container
             }),
             sandbox_config: Some(config),
         })
@@ -158,11 +178,6 @@ pub async fn run_vm_pod(
         .unwrap()
         .into_inner()
         .container_id;
-    guard.0.push(container.clone());
-    rt.start_container(api::StartContainerRequest {
-        container_id: container.clone(),
-    })
-    .await
-    .unwrap();
-    (sandbox, container)
+    guard.0.push(id.clone());
+    (sandbox, id)
 }
