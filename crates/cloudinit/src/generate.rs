@@ -87,6 +87,10 @@ pub struct Input<'a> {
     pub command: Vec<String>,
     /// The pod's sysctls (checked with [`crate::sysctl::check`]): set at every boot.
     pub sysctls: Vec<(String, String)>,
+    /// The pod's DNS settings, when it has resolver options (`ndots:5`, `rotate`, ...): no
+    /// DHCP option or network-config field carries those, so cloud-init's `resolv_conf`
+    /// does (the servers and search domains reach the guest by DHCP and network-config too).
+    pub dns: Option<&'a virtlet_core::netinfo::DnsInfo>,
     /// The network config to hand over (NoCloud v1 / ConfigDrive network_data), when known.
     pub network_config: Option<serde_json::Value>,
     pub kind: SeedKind,
@@ -247,6 +251,9 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
         );
     }
 
+    if let Some(dns) = input.dns.filter(|d| !d.options.is_empty()) {
+        merge(&mut user, resolv_conf(dns));
+    }
     if !input.sysctls.is_empty() {
         let cmds = crate::sysctl::bootcmd(&input.sysctls)
             .into_iter()
@@ -305,6 +312,39 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
         network_config: input.network_config.clone(),
         kind: input.kind,
     })
+}
+
+/// cloud-init's `manage_resolv_conf` / `resolv_conf` for the pod's DNS settings; an option
+/// `name:value` becomes `name: value` (a number when it is one), a bare option `name: true`.
+fn resolv_conf(dns: &virtlet_core::netinfo::DnsInfo) -> Value {
+    let mut options = Mapping::new();
+    for o in &dns.options {
+        let (k, v) = match o.split_once(':') {
+            Some((k, v)) => (
+                k,
+                v.parse::<u64>()
+                    .map_or_else(|_| Value::String(v.to_owned()), |n| Value::Number(n.into())),
+            ),
+            None => (o.as_str(), Value::Bool(true)),
+        };
+        options.insert(Value::String(k.to_owned()), v);
+    }
+    let strings = |v: Vec<String>| Value::Sequence(v.into_iter().map(Value::String).collect());
+    let mut conf = Mapping::new();
+    if !dns.servers.is_empty() {
+        conf.insert(
+            "nameservers".into(),
+            strings(dns.servers.iter().map(ToString::to_string).collect()),
+        );
+    }
+    if !dns.search.is_empty() {
+        conf.insert("searchdomains".into(), strings(dns.search.clone()));
+    }
+    conf.insert("options".into(), Value::Mapping(options));
+    Value::Mapping(Mapping::from_iter([
+        ("manage_resolv_conf".into(), Value::Bool(true)),
+        ("resolv_conf".into(), Value::Mapping(conf)),
+    ]))
 }
 
 fn write_file(f: &WriteFile) -> Value {

@@ -313,3 +313,30 @@ fn the_pods_hostname_wins_over_its_name() {
     assert_eq!(data.meta_data["local-hostname"], "web-0");
     assert_eq!(data.meta_data["hostname"], "web-0");
 }
+
+#[test]
+fn resolver_options_go_to_resolv_conf() {
+    let dns = virtlet_core::netinfo::DnsInfo {
+        servers: vec!["10.10.10.10".parse().unwrap()],
+        search: vec!["google.com".into()],
+        options: vec!["ndots:8".into(), "rotate".into(), "attempts:x".into()],
+    };
+    let mut i = input(&[], SeedKind::NoCloud);
+    i.dns = Some(&dns);
+    let data = generate(&i).unwrap();
+    let user: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(data.user_data.trim_start_matches("#cloud-config\n")).unwrap();
+    assert_eq!(user["manage_resolv_conf"], serde_yaml_ng::Value::Bool(true));
+    assert_eq!(
+        serde_yaml_ng::to_string(&user["resolv_conf"]).unwrap(),
+        "nameservers:\n- 10.10.10.10\nsearchdomains:\n- google.com\noptions:\n  ndots: 8\n  rotate: true\n  attempts: x\n"
+    );
+    // Without options nothing takes over the guest's resolv.conf.
+    let plain = virtlet_core::netinfo::DnsInfo {
+        options: vec![],
+        ..dns.clone()
+    };
+    let mut i = input(&[], SeedKind::NoCloud);
+    i.dns = Some(&plain);
+    assert!(!generate(&i).unwrap().user_data.contains("resolv_conf"));
+}

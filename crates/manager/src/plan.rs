@@ -166,6 +166,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .collect(),
         command,
         sysctls: pod.sysctls.clone(),
+        dns: sandbox
+            .pod_network()
+            .filter(|_| owns_network)
+            .map(|n| &n.dns),
         kind: seed_kind,
         network_config: sandbox
             .pod_network()

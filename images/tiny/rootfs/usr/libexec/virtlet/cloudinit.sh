@@ -29,6 +29,8 @@ flatten() { awk -f "$LIBEXEC/yaml2flat.awk" "$1" >"$2" 2>/dev/null || : >"$2"; }
 yvars() { local f="$1"; shift; awk -f "$LIBEXEC/flatq.awk" -v m=vars -v q="$*" "$f"; }
 # yvalues FILE PATH: scalar / list items / map values, one a line
 yvalues() { awk -f "$LIBEXEC/flatq.awk" -v m=values -v p="$2" "$1"; }
+# ypairs FILE PATH: "key=value" for each scalar of map PATH
+ypairs() { awk -f "$LIBEXEC/flatq.awk" -v m=pairs -v p="$2" "$1"; }
 # yitems FILE PATH "f1 f2": "index US f1 US f2" lines, values escaped
 yitems() { awk -f "$LIBEXEC/flatq.awk" -v m=items -v p="$2" -v f="$3" "$1"; }
 # yget FILE PATH: exact scalar value (incl. newlines); fails if absent
@@ -158,6 +160,33 @@ load_device_modules() {
 	for d in core blk scsi net rng serial; do
 		case "$groups" in *" $d "*) load_group "$d" ;; esac
 	done
+}
+
+# ---- resolver (cloud-init's manage_resolv_conf / resolv_conf) ----
+# apply_resolv_conf FLAT: servers, search domains and options (ndots:N, rotate, ...); the
+# options are kept in /etc/resolv.conf.options, which write_resolv_conf (DHCP too) appends
+apply_resolv_conf() {
+	local mrc opts="" k v line
+	eval "$(yvars "$1" mrc=manage_resolv_conf)"
+	is_true "$mrc" || return 0
+	while IFS= read -r line; do
+		[ -n "$line" ] || continue
+		k=${line%%=*}
+		v=${line#*=}
+		case "$v" in
+		true|True) opts="$opts $k" ;;
+		false|False|'') ;;
+		*) opts="$opts $k:$v" ;;
+		esac
+	done <<EOF
+$(ypairs "$1" resolv_conf.options)
+EOF
+	if [ -n "$opts" ]; then
+		echo "options$opts" >/etc/resolv.conf.options
+	else
+		rm -f /etc/resolv.conf.options
+	fi
+	write_resolv_conf "$(yvalues "$1" resolv_conf.nameservers)" "$(yvalues "$1" resolv_conf.searchdomains)"
 }
 
 # ---- QEMU guest agent (exec) ----
@@ -572,6 +601,7 @@ apply_user_data() {
 		if commands_script "$UDF" bootcmd /var/lib/cloud/instance/scripts/bootcmd; then
 			run_script /var/lib/cloud/instance/scripts/bootcmd
 		fi
+		apply_resolv_conf "$UDF"
 		write_files "$UDF"
 		do_mounts "$UDF"
 		eval "$(yvars "$UDF" hn=hostname fq=fqdn)"

@@ -5,6 +5,7 @@
 #        the node type s/l/m/n; missing nodes give '')
 #   -v m=values -v p=PATH  -> a scalar, or the scalar items of a list / values
 #        of a map, decoded, one a line
+#   -v m=pairs -v p=PATH  -> "key=value" for each scalar of map PATH, one a line
 #   -v m=items -v p=PATH -v f="a b c" -> for each item of list PATH a line
 #        "index US a US b US c" (US = \037) (values still escaped, as yaml2flat writes)
 #   -v m=commands -v p=PATH -> the list as shell script lines (a string item
@@ -66,6 +67,9 @@ END {
 			for (i = 1; i <= nk[p]; i++)
 				if (type[child(p, key[p, i])] == "s") print unesc(val[child(p, key[p, i])])
 		}
+	} else if (m == "pairs") {
+		for (i = 1; i <= nk[p] && type[p] == "m"; i++)
+			if (type[child(p, key[p, i])] == "s") print key[p, i] "=" unesc(val[child(p, key[p, i])])
 	} else if (m == "items") {
 		nf = split(f, fl, " ")
 		for (i = 0; i < val[p] + 0 && type[p] == "l"; i++) {

@@ -32,10 +32,11 @@ add_route() {
 	ip route replace "$dst" via "$gw" dev "$dev"
 }
 
-# write_resolv_conf "DNS SERVERS" "SEARCH DOMAINS": merges into /etc/resolv.conf
+# write_resolv_conf "DNS SERVERS" "SEARCH DOMAINS": merges into /etc/resolv.conf, with the
+# options line of /etc/resolv.conf.options (cloud-init's resolv_conf) when there is one
 write_resolv_conf() {
 	local ns="$1" search="$2" old_ns="" old_search="" x out=""
-	[ -z "$ns$search" ] && return 0
+	[ -z "$ns$search" ] && [ ! -f /etc/resolv.conf.options ] && return 0
 	if [ -f /etc/resolv.conf ]; then
 		old_ns=$(awk '$1 == "nameserver" { print $2 }' /etc/resolv.conf)
 		old_search=$(awk '$1 == "search" || $1 == "domain" { $1 = ""; print }' /etc/resolv.conf)
@@ -53,6 +54,8 @@ write_resolv_conf() {
 		out="${out}nameserver $x
 "
 	done
+	[ -f /etc/resolv.conf.options ] && out="${out}$(cat /etc/resolv.conf.options)
+"
 	printf '%s' "$out" >/etc/resolv.conf.new && mv /etc/resolv.conf.new /etc/resolv.conf
 }
 
