@@ -61,25 +61,27 @@ fn not_started(argv0: &str, message: &str) -> ExecOutput {
 }
 
 fn agent_error(container: &str, e: DriverError) -> ManagerError {
-    let kind = match &e {
-        DriverError::Agent {
-            failure: AgentFailure::NotConfigured,
-            ..
-        } => ErrorKind::FailedPrecondition,
-        DriverError::Agent {
-            failure: AgentFailure::NotConnected,
-            ..
-        } => ErrorKind::Unavailable,
-        _ => ErrorKind::Internal,
+    let failure = match &e {
+        DriverError::Agent { failure, .. } => Some(*failure),
+        _ => None,
     };
-    let context = match kind {
-        ErrorKind::FailedPrecondition => format!(
-            "container {container:?}: its VM was defined without the guest agent channel (by an older virtlet); recreate the pod to exec into it"
+    let (kind, context) = match failure {
+        Some(AgentFailure::NotConfigured) => (
+            ErrorKind::FailedPrecondition,
+            format!(
+                "container {container:?}: its VM was defined without the guest agent channel (by an older virtlet); recreate the pod to exec into it"
+            ),
         ),
-        ErrorKind::Unavailable => format!(
-            "container {container:?}: exec needs the QEMU guest agent running in the VM (Debian/Ubuntu package qemu-guest-agent; cloud images ship it), and it does not answer yet"
+        Some(AgentFailure::NotConnected) => (
+            ErrorKind::Unavailable,
+            format!(
+                "container {container:?}: exec needs the QEMU guest agent running in the VM (Debian/Ubuntu package qemu-guest-agent; cloud images ship it), and it does not answer yet"
+            ),
         ),
-        _ => format!("container {container:?}: exec through the guest agent failed"),
+        _ => (
+            ErrorKind::Internal,
+            format!("container {container:?}: exec through the guest agent failed"),
+        ),
     };
     ManagerError::failed(kind, context, e)
 }

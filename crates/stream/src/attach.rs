@@ -215,9 +215,25 @@ where
     {
         let _ = s.close_write().await;
     }
+    let status = if has_status(protocol) {
+        success_status()
+    } else {
+        Vec::new()
+    };
+    end_spdy(session, error, &status).await;
+}
+
+/// Whether the protocol ends a session with a `Status` on the error stream (v4 and v5).
+pub(crate) fn has_status(protocol: &str) -> bool {
+    matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io")
+}
+
+/// The end of a SPDY session: `message` (if any) on the error stream, which is then
+/// finished, and the connection closed once the client has closed it or had [`LINGER`].
+pub(crate) async fn end_spdy(session: spdy::Session, error: Option<spdy::Stream>, message: &[u8]) {
     if let Some(err) = error {
-        if matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io") {
-            let _ = err.write(&success_status()).await;
+        if !message.is_empty() {
+            let _ = err.write(message).await;
         }
         let _ = err.close_write().await;
     }
@@ -226,9 +242,10 @@ where
 }
 
 /// WebSocket channels of the `channel.k8s.io` protocols.
-mod channel {
+pub(crate) mod channel {
     pub const STDIN: u8 = 0;
     pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
     pub const ERROR: u8 = 3;
     pub const RESIZE: u8 = 4;
     /// v5: `[255, channel]` half-closes that channel.

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use virtlet_wire::spdy;
 
-use crate::attach::{Streams, accept_streams, success_status};
+use crate::attach::{Streams, accept_streams, channel, end_spdy, has_status, success_status};
 use crate::server::{BoxFuture, ExecOutcome};
 
 /// How long the end of a session waits for the client to close the connection itself.
@@ -127,29 +127,12 @@ where
     for s in [&stdout, &stderr].into_iter().flatten() {
         let _ = s.close_write().await;
     }
-    if let Some(err) = error {
-        let message = if matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io") {
-            status_json(&outcome, &cmd)
-        } else {
-            error_text(&outcome)
-        };
-        if !message.is_empty() {
-            let _ = err.write(&message).await;
-        }
-        let _ = err.close_write().await;
-    }
-    let _ = tokio::time::timeout(LINGER, session.closed()).await;
-    session.close().await;
-}
-
-/// WebSocket channels of the `channel.k8s.io` protocols.
-mod channel {
-    pub const STDIN: u8 = 0;
-    pub const STDOUT: u8 = 1;
-    pub const STDERR: u8 = 2;
-    pub const ERROR: u8 = 3;
-    /// v5: `[255, channel]` half-closes that channel.
-    pub const CLOSE: u8 = 255;
+    let message = if has_status(protocol) {
+        status_json(&outcome, &cmd)
+    } else {
+        error_text(&outcome)
+    };
+    end_spdy(session, error, &message).await;
 }
 
 pub(crate) async fn ws_exec<T>(io: T, protocol: &str, want: Streams, cmd: Vec<String>, run: Run)

@@ -10,12 +10,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::background::{Background, http_get};
 use common::cni::TestNet;
 use common::kubelet::{Kubelet, KubeletOptions};
 use common::tools::{free_port, tools_dir};
@@ -82,6 +83,32 @@ impl Cluster {
         }
     }
 
+    /// Polls `done` every 2 s; after `within` fails with `why()`.
+    fn wait_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&Cluster) -> bool,
+        why: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + within;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{}", why());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether an object's `Ready` condition is `True`.
+    fn ready(&self, kind: &str, name: &str) -> bool {
+        self.ok(&[
+            "get",
+            kind,
+            name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .contains("True")
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self
             .kubectl()
@@ -106,72 +133,6 @@ impl Drop for Cluster {
             .arg(&self.dir)
             .output();
     }
-}
-
-/// A background kubectl (port-forward) whose output lines are collected.
-struct Background {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Background {
-    fn start(mut cmd: Command) -> Background {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(l);
-                }
-            });
-        }
-        Background { child, lines }
-    }
-
-    fn wait_for(&self, needle: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(l) => {
-                    let hit = l.contains(needle);
-                    seen.push(l);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} within {within:?}:\n{}", seen.join("\n")),
-            }
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,24 +178,11 @@ async fn kubectl_through_a_cluster() {
             root_dir: Some(d.dir.path().join("kubelet")),
         },
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cluster
-        .ok(&[
-            "get",
-            "node",
-            NODE,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ])
-        .contains("True")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node is not Ready:\n{}",
-            k.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    cluster.wait_until(
+        Duration::from_secs(120),
+        |c| c.ready("node", NODE),
+        || format!("the node is not Ready:\n{}", k.log_tail(40)),
+    );
 
     // kubectl apply: a VM pod serving HTTP on 8080, its user-data in a ConfigMap (each key
     // is a user-data key, its value YAML, as in Mirantis Virtlet).
@@ -275,25 +223,17 @@ spec:
     // --validate=false: this build of kube-apiserver serves OpenAPI documents kubectl cannot
     // read ("$root has invalid property: Extensions"), which client-side validation needs.
     cluster.ok_settled(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !cluster
-        .ok(&[
-            "get",
-            "pod",
-            "vm",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ])
-        .contains("True")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "pod vm is not Ready:\n{}\nkubelet log (end):\n{}",
-            cluster.ok(&["describe", "pod", "vm"]),
-            k.log_tail(60)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    cluster.wait_until(
+        Duration::from_secs(180),
+        |c| c.ready("pod", "vm"),
+        || {
+            format!(
+                "pod vm is not Ready:\n{}\nkubelet log (end):\n{}",
+                cluster.ok(&["describe", "pod", "vm"]),
+                k.log_tail(60)
+            )
+        },
+    );
     eprintln!("kubectl apply to Ready: {:?}", started.elapsed());
     let cid = cluster.ok(&[
         "get",
@@ -412,26 +352,29 @@ spec:
     let file = d.dir.path().join("liveness.yaml");
     std::fs::write(&file, liveness).unwrap();
     cluster.ok(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let restarts = cluster.ok(&[
-            "get",
-            "pod",
-            "vm-liveness",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].restartCount}",
-        ]);
-        if restarts.trim().parse::<u32>().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the failing liveness probe did not restart the VM:\n{}\nkubelet log (end):\n{}",
-            cluster.ok(&["describe", "pod", "vm-liveness"]),
-            k.log_tail(60)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    cluster.wait_until(
+        Duration::from_secs(180),
+        |c| {
+            c.ok(&[
+                "get",
+                "pod",
+                "vm-liveness",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].restartCount}",
+            ])
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+                >= 1
+        },
+        || {
+            format!(
+                "the failing liveness probe did not restart the VM:\n{}\nkubelet log (end):\n{}",
+                cluster.ok(&["describe", "pod", "vm-liveness"]),
+                k.log_tail(60)
+            )
+        },
+    );
     let events = cluster.ok(&["describe", "pod", "vm-liveness"]);
     assert!(events.contains("Liveness probe failed"), "{events}");
     for cid in cluster

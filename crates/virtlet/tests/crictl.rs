@@ -8,12 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::background::{Background, http_get};
 use common::cni::TestNet;
 use common::tools::{Crictl, free_port, table};
 use common::vm::{DomainGuard, MARKER, require_libvirtd, tiny_image};
@@ -142,80 +143,6 @@ async fn crictl_image_commands() {
     assert_eq!(c.ok(&["images", "-q"]).trim(), "");
     let err = c.fails(&["rmi", "virtlet.cloud/cirros"]);
     assert!(err.contains("no such image"), "{err}");
-}
-
-/// A crictl process in the background whose output is read as it comes.
-struct Background {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Background {
-    fn start(mut cmd: std::process::Command) -> Background {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Background { child, lines }
-    }
-
-    /// Lines until one contains `needle`; panics after `within` with what was seen.
-    fn wait_for(&self, needle: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = l.contains(needle);
-                    seen.push(l);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {needle:?} within {within:?}; output:\n{}",
-                    seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn rest(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.0 GET through `127.0.0.1:port`; the whole answer.
-fn http_get(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

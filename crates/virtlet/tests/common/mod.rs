@@ -16,6 +16,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
+pub mod background;
 pub mod cni;
 pub mod kubelet;
 pub mod tools;
