@@ -12,6 +12,22 @@ use crate::naming;
 /// Memory when the container sets no limit.
 pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
 
+/// Terminals for `exec -t`: virtio consoles beside the serial console, each a real tty in
+/// the guest (`/dev/hvc1`..), each one session at a time (docs/exec.md).
+pub const EXEC_TTYS: usize = 4;
+
+/// The guest's device of exec terminal `n` (the virtio consoles register in order; `hvc0`
+/// is a null console that `systemd-getty-generator` may take).
+pub fn exec_tty_device(n: usize) -> String {
+    format!("/dev/hvc{n}")
+}
+
+/// The unix socket of exec terminal `n` (1-based, the guest's `/dev/hvc<n>`): beside the
+/// serial console's socket.
+pub fn exec_tty_socket(console_socket: &std::path::Path, n: usize) -> PathBuf {
+    console_socket.with_extension(format!("tty{n}.sock"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DomainType {
     /// Hardware virtualization.

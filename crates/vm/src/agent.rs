@@ -58,6 +58,79 @@ pub fn kill_request(pid: i64) -> String {
     )
 }
 
+/// The shell that starts a command on an exec terminal (`$1`, a virtio console such as
+/// `/dev/hvc1`): the terminal becomes its stdin, stdout and stderr, gets sane settings and
+/// the client's size (`$2` columns, `$3` rows), and the command (the rest of the arguments,
+/// run as given, not parsed by this shell) starts in a session of its own with the terminal
+/// as its controlling tty, so that job control, Ctrl-C and SIGWINCH work as on any terminal.
+/// Once the terminal is open it prints [`TTY_READY`]: input sent before that would be lost
+/// (a virtio console nobody has open drops it). `setsid` execs in place, so the agent's pid
+/// is the command's and its exit code comes back.
+const TTY_LAUNCHER: &str = r#"t=$1 c=$2 r=$3; shift 3; exec <>"$t" >&0 2>&0 || exit 126; stty sane rows "$r" cols "$c" 2>/dev/null; printf '\033_virtlet-exec-ready\033\\'; exec setsid -c "$@""#;
+
+/// What the launcher prints when the terminal is open: an APC sequence (which terminals
+/// ignore), taken out of the output before the client sees it.
+pub const TTY_READY: &[u8] = b"\x1b_virtlet-exec-ready\x1b\\";
+
+/// A `guest-exec` request that runs `argv` on the exec terminal `device` (see
+/// [`TTY_LAUNCHER`]) with `env`; nothing is captured (the output goes to the terminal).
+pub fn tty_exec_request(
+    device: &str,
+    cols: u16,
+    rows: u16,
+    argv: &[String],
+    env: &[String],
+) -> String {
+    let mut args = vec![
+        "-c".to_owned(),
+        TTY_LAUNCHER.to_owned(),
+        "virtlet-exec".to_owned(),
+        device.to_owned(),
+        cols.to_string(),
+        rows.to_string(),
+    ];
+    args.extend(argv.iter().cloned());
+    json!({"execute": "guest-exec", "arguments": {
+        "path": "/bin/sh",
+        "arg": args,
+        "env": env,
+        "capture-output": false,
+    }})
+    .to_string()
+}
+
+/// A request that sets the size of the terminal `device` (`stty -F`): the kernel then sends
+/// SIGWINCH to the terminal's foreground process group.
+pub fn tty_resize_request(device: &str, cols: u16, rows: u16) -> String {
+    let argv: Vec<String> = [
+        "stty",
+        "-F",
+        device,
+        "rows",
+        &rows.to_string(),
+        "cols",
+        &cols.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    exec_request(&argv, &[format!("PATH={DEFAULT_PATH}")], None)
+}
+
+/// A request that sends `signal` (`HUP`, `KILL`) to the process group of `pid`: what a
+/// terminal's hang-up does, when the client of an exec terminal goes away.
+pub fn kill_group_request(pid: i64, signal: &str) -> String {
+    exec_request(
+        &[
+            "kill".to_owned(),
+            format!("-{signal}"),
+            "--".to_owned(),
+            format!("-{pid}"),
+        ],
+        &[format!("PATH={DEFAULT_PATH}")],
+        None,
+    )
+}
+
 #[derive(Deserialize)]
 struct Reply<T> {
     #[serde(rename = "return")]
@@ -172,6 +245,50 @@ mod tests {
 
     fn v(s: &str) -> serde_json::Value {
         serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn terminal_requests_launch_the_argv_untouched_on_the_device() {
+        let argv = [
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "echo \"$X\"; exit 3".to_owned(),
+        ];
+        let r = v(&tty_exec_request(
+            "/dev/hvc2",
+            100,
+            30,
+            &argv,
+            &["TERM=xterm".into()],
+        ));
+        assert_eq!(r["arguments"]["path"], "/bin/sh");
+        assert_eq!(r["arguments"]["capture-output"], false);
+        assert_eq!(r["arguments"]["env"], json!(["TERM=xterm"]));
+        let args = r["arguments"]["arg"].as_array().unwrap();
+        assert_eq!(args[0], "-c");
+        assert_eq!(args[1], TTY_LAUNCHER);
+        // $0, then the device and size, then the argv as given (no shell parses it).
+        assert_eq!(
+            args[2..],
+            [
+                json!("virtlet-exec"),
+                json!("/dev/hvc2"),
+                json!("100"),
+                json!("30"),
+                json!("sh"),
+                json!("-c"),
+                json!("echo \"$X\"; exit 3")
+            ]
+        );
+        assert!(TTY_LAUNCHER.contains(r"\033_virtlet-exec-ready\033\\"));
+        let r = v(&tty_resize_request("/dev/hvc1", 120, 40));
+        assert_eq!(
+            r["arguments"]["arg"],
+            json!(["-F", "/dev/hvc1", "rows", "40", "cols", "120"])
+        );
+        let r = v(&kill_group_request(42, "HUP"));
+        assert_eq!(r["arguments"]["path"], "kill");
+        assert_eq!(r["arguments"]["arg"], json!(["-HUP", "--", "-42"]));
     }
 
     #[test]

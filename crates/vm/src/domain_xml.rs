@@ -263,6 +263,36 @@ fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
                 })?;
         }
     }
+    // Terminals for `exec -t`: virtio consoles on virtio-serial ports 1.., ttys in the guest
+    // (`/dev/hvc1`..), each behind a socket. Port 0, the guest's hvc0, is a null console:
+    // systemd starts a getty on hvc0 when it exists, which must not share an exec terminal.
+    if let Some(console) = &spec.console_socket {
+        for n in 0..=virtlet_core::vmspec::EXEC_TTYS {
+            let path = virtlet_core::vmspec::exec_tty_socket(console, n);
+            let port = n.to_string();
+            w.create_element("console")
+                .with_attribute(("type", if n == 0 { "null" } else { "unix" }))
+                .write_inner_content(|w| {
+                    if n > 0 {
+                        w.create_element("source")
+                            .with_attributes([("mode", "bind"), ("path", &*path.to_string_lossy())])
+                            .write_empty()?;
+                    }
+                    w.create_element("target")
+                        .with_attribute(("type", "virtio"))
+                        .write_empty()?;
+                    w.create_element("address")
+                        .with_attributes([
+                            ("type", "virtio-serial"),
+                            ("controller", "0"),
+                            ("bus", "0"),
+                            ("port", port.as_str()),
+                        ])
+                        .write_empty()?;
+                    Ok(())
+                })?;
+        }
+    }
     // The QEMU guest agent's channel (exec): libvirt picks the socket and talks to the agent.
     w.create_element("channel")
         .with_attribute(("type", "unix"))
