@@ -24,6 +24,9 @@ pub enum ManagerError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A limited resource is all in use.
+    #[error("{0}")]
+    Exhausted(String),
     /// A fault of virtlet or its host, without a cause to show.
     #[error("{0}")]
     Internal(String),
@@ -46,6 +49,7 @@ impl ManagerError {
             ErrorKind::FailedPrecondition => ManagerError::Precondition(m),
             ErrorKind::Unavailable => ManagerError::Unavailable(m),
             ErrorKind::DeadlineExceeded => ManagerError::DeadlineExceeded(m),
+            ErrorKind::ResourceExhausted => ManagerError::Exhausted(m),
             _ => ManagerError::Internal(m),
         }
     }
@@ -87,6 +91,7 @@ impl ManagerError {
             ManagerError::Precondition(_) => ErrorKind::FailedPrecondition,
             ManagerError::Unavailable(_) => ErrorKind::Unavailable,
             ManagerError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            ManagerError::Exhausted(_) => ErrorKind::ResourceExhausted,
             ManagerError::Internal(_) => ErrorKind::Internal,
             ManagerError::Failed { kind, .. } => *kind,
         }

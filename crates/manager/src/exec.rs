@@ -16,7 +16,7 @@ use crate::{Manager, ManagerError, Result, blocking};
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024 - 64 * 1024;
 
 /// How long one agent command may take before the agent counts as hung.
-const AGENT_CALL_TIMEOUT_S: i32 = 10;
+pub(crate) const AGENT_CALL_TIMEOUT_S: i32 = 10;
 
 /// For this long after a VM started, an exec waits for its agent to come up.
 const BOOT_GRACE: Duration = Duration::from_secs(120);
@@ -26,7 +26,7 @@ const AGENT_RETRY: Duration = Duration::from_millis(250);
 
 /// Waits between `guest-exec-status` polls: short first (a probe's `true` or `cat` ends in a
 /// few milliseconds), then at most every 50 ms.
-fn poll_delay(polls: u32) -> Duration {
+pub(crate) fn poll_delay(polls: u32) -> Duration {
     Duration::from_millis((1u64 << polls.min(6)).min(50))
 }
 
@@ -60,7 +60,7 @@ fn not_started(argv0: &str, message: &str) -> ExecOutput {
     }
 }
 
-fn agent_error(container: &str, e: DriverError) -> ManagerError {
+pub(crate) fn agent_error(container: &str, e: DriverError) -> ManagerError {
     let failure = match &e {
         DriverError::Agent { failure, .. } => Some(*failure),
         _ => None,
@@ -88,7 +88,7 @@ fn agent_error(container: &str, e: DriverError) -> ManagerError {
 
 /// Polls `guest-exec-status` of `pid` until it has exited (for a second at most), so that
 /// the agent forgets the process. Blocking.
-fn collect_status(
+pub(crate) fn collect_status(
     lv: &virtlet_vm::Libvirt,
     domain: &str,
     pid: i64,
@@ -150,38 +150,10 @@ impl Manager {
         let env = exec_env(&rec.config.envs);
         let started = Instant::now();
         let request = agent::exec_request(&cmd, &env, stdin.as_deref());
-        // While the VM boots, its agent is not up yet: wait for it (within the call's
-        // timeout), as an exec right after StartContainer expects.
-        let running_for =
-            Duration::from_nanos((crate::now_ns() - rec.started_at_ns).max(0).unsigned_abs());
-        let booting_until = started + BOOT_GRACE.saturating_sub(running_for);
-        let wait_until = timeout.map_or(booting_until, |t| booting_until.min(started + t));
-        let reply = loop {
-            let lv = self.libvirt.clone();
-            let domain = rec.domain_name.clone();
-            let request = request.clone();
-            match blocking(move || lv.agent_command(&domain, &request, AGENT_CALL_TIMEOUT_S))
-                .await?
-            {
-                Ok(reply) => break reply,
-                Err(DriverError::Agent {
-                    failure: AgentFailure::Refused,
-                    message,
-                    ..
-                }) => return Ok(not_started(&argv0, &message)),
-                Err(DriverError::Agent {
-                    failure: AgentFailure::NotConnected,
-                    ..
-                }) if Instant::now() + AGENT_RETRY < wait_until => {
-                    tokio::time::sleep(AGENT_RETRY).await;
-                }
-                Err(e) => return Err(agent_error(id, e)),
-            }
+        let pid = match self.start_in_guest(&rec, request, timeout).await? {
+            Ok(pid) => pid,
+            Err(refused) => return Ok(not_started(&argv0, &refused)),
         };
-        let pid = agent::parse_exec_started(&reply).map_err(|e| {
-            ManagerError::failed(ErrorKind::Internal, format!("container {id:?}"), e)
-        })?;
-        tracing::debug!(pid, "command started in the guest");
         let mut polls = 0;
         loop {
             let lv = self.libvirt.clone();
@@ -226,6 +198,50 @@ impl Manager {
             tokio::time::sleep(delay).await;
             polls += 1;
         }
+    }
+
+    /// Sends a `guest-exec` request and answers the pid it started, or the agent's reason
+    /// when the program could not start. While the VM boots its agent is not up yet: this
+    /// waits for it (within `timeout`), as an exec right after StartContainer expects.
+    pub(crate) async fn start_in_guest(
+        &self,
+        rec: &crate::ContainerRecord,
+        request: String,
+        timeout: Option<Duration>,
+    ) -> Result<std::result::Result<i64, String>> {
+        let id = rec.id.as_str();
+        let started = Instant::now();
+        let running_for =
+            Duration::from_nanos((crate::now_ns() - rec.started_at_ns).max(0).unsigned_abs());
+        let booting_until = started + BOOT_GRACE.saturating_sub(running_for);
+        let wait_until = timeout.map_or(booting_until, |t| booting_until.min(started + t));
+        let reply = loop {
+            let lv = self.libvirt.clone();
+            let domain = rec.domain_name.clone();
+            let request = request.clone();
+            match blocking(move || lv.agent_command(&domain, &request, AGENT_CALL_TIMEOUT_S))
+                .await?
+            {
+                Ok(reply) => break reply,
+                Err(DriverError::Agent {
+                    failure: AgentFailure::Refused,
+                    message,
+                    ..
+                }) => return Ok(Err(message)),
+                Err(DriverError::Agent {
+                    failure: AgentFailure::NotConnected,
+                    ..
+                }) if Instant::now() + AGENT_RETRY < wait_until => {
+                    tokio::time::sleep(AGENT_RETRY).await;
+                }
+                Err(e) => return Err(agent_error(id, e)),
+            }
+        };
+        let pid = agent::parse_exec_started(&reply).map_err(|e| {
+            ManagerError::failed(ErrorKind::Internal, format!("container {id:?}"), e)
+        })?;
+        tracing::debug!(pid, "command started in the guest");
+        Ok(Ok(pid))
     }
 
     /// Kills a command of the agent's, and collects its status so that the agent forgets it.

@@ -14,6 +14,7 @@ mod cache;
 mod container;
 mod error;
 pub mod exec;
+pub mod exec_tty;
 mod filters;
 pub mod netns;
 pub mod network;
@@ -77,6 +78,7 @@ pub struct Manager {
     pod_specs: Mutex<HashMap<String, Arc<pod::PodSpec>>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     consoles: Mutex<HashMap<String, Arc<console::ConsoleHub>>>,
+    tty_slots: exec_tty::TtySlots,
     net: network::Networking,
 }
 
@@ -128,6 +130,7 @@ impl Manager {
             pod_specs: Mutex::new(HashMap::new()),
             pod_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashMap::new()),
+            tty_slots: exec_tty::TtySlots::default(),
         });
         m.recover().await?;
         let weak = Arc::downgrade(&m);
