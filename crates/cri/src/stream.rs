@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use virtlet_manager::Manager;
-use virtlet_stream::{Backend, ConsoleIo, ExecOutcome, ExecOutput};
+use virtlet_stream::{Backend, ConsoleIo, ExecOutcome, ExecOutput, TtyExec};
 
 pub struct ManagerBackend(pub Arc<Manager>);
 
@@ -60,6 +60,28 @@ impl Backend for ManagerBackend {
                     stderr: o.stderr,
                 })
                 .map_err(|e| virtlet_core::error::chain(&e))
+        })
+    }
+
+    fn exec_tty(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        size: (u16, u16),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TtyExec, String>> + Send>> {
+        let m = self.0.clone();
+        let id = container_id.to_owned();
+        Box::pin(async move {
+            let s = m
+                .exec_tty(&id, cmd, size)
+                .await
+                .map_err(|e| virtlet_core::error::chain(&e))?;
+            Ok(TtyExec {
+                output: s.output,
+                input: s.input,
+                resize: s.resize,
+                exit: s.exit,
+            })
         })
     }
 }

@@ -5,7 +5,7 @@ use k8s_cri::v1 as api;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
-use crate::runtime::{RuntimeServer, not_yet, short, to_completion};
+use crate::runtime::{RuntimeServer, short, to_completion};
 use crate::status::manager_error_status;
 
 impl RuntimeServer {
@@ -48,18 +48,14 @@ impl RuntimeServer {
         self.manager
             .exec_check(&r.container_id, &r.cmd)
             .map_err(|e| manager_error_status(&e))?;
-        if r.tty {
-            return Err(not_yet(
-                "Exec with a terminal (tty, kubectl exec -t)",
-                "the QEMU guest agent runs commands without one; exec without -t works, and kubectl attach gives the serial console",
-            ));
-        }
+        // A terminal has one output: with a tty, stderr is part of stdout.
         let url = self.streams()?.url(virtlet_stream::Request::Exec {
             container_id: r.container_id,
             cmd: r.cmd,
             stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
+            stdout: r.stdout || (r.tty && r.stderr),
+            stderr: r.stderr && !r.tty,
+            tty: r.tty,
         });
         Ok(Response::new(api::ExecResponse { url }))
     }

@@ -60,7 +60,7 @@ pub(crate) fn status_json(outcome: &ExecOutcome, cmd: &[String]) -> Vec<u8> {
 }
 
 /// The error text of the older protocols (v1-v3), which have no status: empty on success.
-fn error_text(outcome: &ExecOutcome) -> Vec<u8> {
+pub(crate) fn error_text(outcome: &ExecOutcome) -> Vec<u8> {
     match outcome {
         Ok(out) if out.exit_code == 0 => Vec::new(),
         Ok(out) => format!(

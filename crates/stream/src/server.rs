@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::attach::{Streams, spdy_attach, ws_attach};
 use crate::exec::{spdy_exec, ws_exec};
+use crate::exec_tty::{spdy_exec_tty, ws_exec_tty};
 use crate::portforward::{spdy_port_forward, ws_port_forward};
 use crate::tokens::{Request, Tokens};
 
@@ -76,6 +77,13 @@ pub trait Backend: Send + Sync + 'static {
         cmd: Vec<String>,
         stdin: Option<Vec<u8>>,
     ) -> BoxFuture<ExecOutcome>;
+    /// Starts `cmd` on a terminal of the container's VM sized (columns, rows).
+    fn exec_tty(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        size: (u16, u16),
+    ) -> BoxFuture<Result<crate::TtyExec, String>>;
 }
 
 pub struct StreamServer {
@@ -340,6 +348,37 @@ async fn handle(
                     stdin,
                     stdout,
                     stderr,
+                    tty: true,
+                },
+                _,
+            ) => {
+                let want = Streams {
+                    stdin,
+                    stdout,
+                    stderr,
+                    tty: true,
+                };
+                let start: crate::exec_tty::Start = {
+                    let (id, cmd) = (container_id.clone(), cmd.clone());
+                    Box::new(move |size| backend.exec_tty(&id, cmd, size))
+                };
+                info!(container = %short(&container_id), %protocol, ?cmd, "exec -t ({over}) started");
+                match wire {
+                    Wire::Spdy => spdy_exec_tty(upgraded, &protocol, want, cmd, start).await,
+                    Wire::WebSocket { .. } => {
+                        ws_exec_tty(upgraded, &protocol, want, cmd, start).await;
+                    }
+                }
+                info!(container = %short(&container_id), "exec -t ({over}) ended");
+            }
+            (
+                Request::Exec {
+                    container_id,
+                    cmd,
+                    stdin,
+                    stdout,
+                    stderr,
+                    tty: false,
                 },
                 _,
             ) => {

@@ -15,13 +15,14 @@ pub enum Request {
         stderr: bool,
         tty: bool,
     },
-    /// A command without a terminal (the guest agent cannot give one).
+    /// A command, on a terminal of the VM when `tty`.
     Exec {
         container_id: String,
         cmd: Vec<String>,
         stdin: bool,
         stdout: bool,
         stderr: bool,
+        tty: bool,
     },
     PortForward {
         sandbox_id: String,
