@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::background::{Background, http_get};
 use common::cni::TestNet;
 use common::kubelet::{Kubelet, KubeletOptions};
-use common::tools::{free_port, tools_dir};
+use common::tools::{free_port, shell_line, tools_dir};
 use common::vm::{DomainGuard, MARKER, repo_root, require_libvirtd, tiny_image};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer};
@@ -97,16 +97,22 @@ impl Cluster {
         }
     }
 
-    /// Whether an object's `Ready` condition is `True`.
+    /// Whether an object's `Ready` condition is `True` (false while it does not exist yet:
+    /// a node registers a moment after its kubelet starts).
     fn ready(&self, kind: &str, name: &str) -> bool {
-        self.ok(&[
-            "get",
-            kind,
-            name,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ])
-        .contains("True")
+        self.kubectl()
+            .args([
+                "get",
+                kind,
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("True")
+            })
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -324,6 +330,22 @@ spec:
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("to-stderr"),
         "{out:?}"
+    );
+
+    // kubectl exec -it, through the API server and the kubelet: a shell on a terminal of the
+    // guest, in a pseudo-terminal as a person runs it; the exit code comes back.
+    let mut kubectl = cluster.kubectl();
+    kubectl.args(["exec", "-it", "vm", "--", "sh"]);
+    let mut script = Command::new("script");
+    script.args(["-qefc", &shell_line(&kubectl), "/dev/null"]);
+    let mut term = Background::interactive(script);
+    term.type_in("tty; echo \"answer $((6*7))\"; exit 3\n");
+    let seen = term
+        .wait_for("exit code 3", Duration::from_secs(60))
+        .join("\n");
+    assert!(
+        seen.contains("/dev/hvc") && seen.contains("answer 42"),
+        "kubectl exec -it:\n{seen}"
     );
 
     // An exec liveness probe that starts failing: the kubelet restarts the VM.

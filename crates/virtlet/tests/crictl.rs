@@ -1,7 +1,7 @@
 //! The real crictl (from `../shared/tools`) against the daemon, one operator command after
 //! another, checking what crictl prints: images with libvirt's test driver, then a whole VM pod
 //! under libvirtd (runp, create, start, ps/pods with their filters, inspect, logs with -f and
-//! --tail, attach, exec (-s, SPDY, WebSocket, -i), port-forward over SPDY and WebSocket, stats,
+//! --tail, attach, exec (-s, SPDY, WebSocket, -i, -it in a pseudo-terminal), port-forward over SPDY and WebSocket, stats,
 //! stop, rm, stopp, rmp).
 
 #![allow(clippy::unwrap_used)]
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::background::{Background, http_get};
 use common::cni::TestNet;
-use common::tools::{Crictl, free_port, table};
+use common::tools::{Crictl, free_port, shell_line, table};
 use common::vm::{DomainGuard, MARKER, require_libvirtd, tiny_image};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer, qcow2_image, sha256sum};
@@ -361,7 +361,7 @@ async fn crictl_runs_a_vm_pod_end_to_end() {
     drop(follow);
 
     // exec through the guest agent: ExecSync (-s), and streaming exec over SPDY and
-    // WebSocket with stdout, stderr, stdin and the exit code; a terminal (-t) is refused.
+    // WebSocket with stdout, stderr, stdin and the exit code; with a terminal (-it).
     let hostname = c.ok(&["exec", "-s", &cid, "cat", "/etc/hostname"]);
     assert_eq!(hostname.trim(), "crictl-vm");
     for transport in ["spdy", "websocket"] {
@@ -410,12 +410,7 @@ async fn crictl_runs_a_vm_pod_end_to_end() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = c.run(&["exec", "-it", &cid, "sh"]);
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("terminal"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exec_with_a_terminal(&c, &cid, d.dir.path());
 
     // port-forward over SPDY and over WebSocket: HTTP reaches the server in the VM, two
     // connections at once; a port where nothing listens gives client-go's error.
@@ -505,4 +500,86 @@ async fn crictl_runs_a_vm_pod_end_to_end() {
         !String::from_utf8_lossy(&domains.stdout).contains(&cid[..13]),
         "the domain is gone"
     );
+}
+
+/// `crictl exec -it` as a person at a terminal runs it: crictl in a pseudo-terminal
+/// (util-linux `script`) sized 100x30, an interactive shell on a tty in the guest; Ctrl-C
+/// interrupts a command, a resize of crictl's terminal reaches the guest, the exit code
+/// comes back. A client that goes away hangs the terminal up: nothing is left running.
+fn exec_with_a_terminal(c: &Crictl, cid: &str, dir: &std::path::Path) {
+    for transport in ["spdy", "websocket"] {
+        let flag = dir.join(format!("resize-{transport}"));
+        let crictl = shell_line(&c.command(&["exec", "--transport", transport, "-it", cid, "sh"]));
+        let mut script = std::process::Command::new("script");
+        script.args([
+            "-qefc",
+            &format!(
+                "stty cols 100 rows 30; (while [ ! -e '{}' ]; do sleep 0.1; done; stty cols 120 rows 40 </dev/tty) & {crictl}",
+                flag.display()
+            ),
+            "/dev/null",
+        ]);
+        let mut term = Background::interactive(script);
+        term.type_in("tty; stty size; echo \"answer $((6*7))\"\n");
+        let seen = term
+            .wait_for("answer 42", Duration::from_secs(60))
+            .join("\n");
+        assert!(
+            seen.contains("/dev/hvc") && seen.contains("30 100"),
+            "{transport}: no guest terminal of crictl's size in:\n{seen}"
+        );
+        // Ctrl-C reaches the command through the terminal.
+        term.type_in("sleep 60\n");
+        std::thread::sleep(Duration::from_secs(1));
+        term.type_in("\x03echo inter\"\"rupted\n");
+        term.wait_for("interrupted", Duration::from_secs(10));
+        // A resize of crictl's terminal reaches the guest's.
+        std::fs::write(&flag, "").unwrap();
+        term.type_in(
+            "while ! stty size | grep -q '40 120'; do sleep 0.2; done; echo re\"\"sized\n",
+        );
+        term.wait_for("resized", Duration::from_secs(20));
+        term.type_in("exit 7\n");
+        term.wait_for("exit code 7", Duration::from_secs(20));
+        let status = term.wait(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{transport}: {status:?}"
+        );
+    }
+    // The client goes away (its terminal closes) while a command runs: the command's process
+    // group gets a hang-up in the guest.
+    let crictl = shell_line(&c.command(&[
+        "exec",
+        "-it",
+        cid,
+        "sh",
+        "-c",
+        "sleep 600; echo sleep-ended",
+    ]));
+    let mut script = std::process::Command::new("script");
+    script.args(["-qefc", &crictl, "/dev/null"]);
+    let term = Background::interactive(script);
+    let running = || {
+        c.run(&["exec", "-s", cid, "pgrep", "sleep"])
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running() {
+        assert!(
+            Instant::now() < deadline,
+            "sleep 600 never ran in the guest"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(term);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "sleep 600 still runs in the guest 10 s after its client went away"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

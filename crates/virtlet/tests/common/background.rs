@@ -10,12 +10,22 @@ use std::time::{Duration, Instant};
 pub struct Background {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Background {
-    pub fn start(mut cmd: Command) -> Background {
+    pub fn start(cmd: Command) -> Background {
+        Background::spawn(cmd, Stdio::null())
+    }
+
+    /// With a stdin to [`type_in`](Background::type_in).
+    pub fn interactive(cmd: Command) -> Background {
+        Background::spawn(cmd, Stdio::piped())
+    }
+
+    fn spawn(mut cmd: Command, stdin: Stdio) -> Background {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -34,7 +44,30 @@ impl Background {
                 }
             });
         }
-        Background { child, lines }
+        let stdin = child.stdin.take();
+        Background {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    pub fn type_in(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The exit status, once the process ends within `within` (it is killed after that).
+    pub fn wait(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// Lines until one contains `needle`; panics after `within` with what was seen.

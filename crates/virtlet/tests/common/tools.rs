@@ -136,3 +136,13 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `cmd`'s program and arguments quoted for `sh -c` (its environment is not kept): to run it
+/// in a pseudo-terminal with util-linux `script -c`, as a person at a terminal would.
+pub fn shell_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
