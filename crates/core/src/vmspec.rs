@@ -44,11 +44,37 @@ pub enum DiskFormat {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
+    /// The file or block device (unused for a network disk).
     pub path: PathBuf,
     pub format: DiskFormat,
     pub read_only: bool,
     /// Guest device name (`sda`, `vdb`...).
     pub target: String,
+    #[serde(default)]
+    pub source: DiskSource,
+    /// What the guest reads as the disk's serial (`/sys/block/*/serial`, by-id links): how
+    /// cloud-init finds a volume's disk.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// Where a disk's bytes are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskSource {
+    /// `path` is a file.
+    #[default]
+    File,
+    /// `path` is a host block device; with `offset`, the guest sees its `size` bytes from
+    /// there on (a persistent root filesystem's header sector is skipped).
+    Block { offset: u64, size: u64 },
+    /// A Ceph RBD image (libvirt network disk), its key in the libvirt secret `secret_uuid`.
+    Rbd {
+        monitors: Vec<String>,
+        pool: String,
+        image: String,
+        user: String,
+        secret_uuid: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +185,8 @@ pub fn build(pod: &PodFacts<'_>, annotations: &VmAnnotations, node: &NodeChoices
             format: node.root_format,
             read_only: false,
             target: root_target,
+            source: DiskSource::File,
+            serial: None,
         }],
         console_socket: node.console_socket.clone(),
         netns: node.netns.clone(),

@@ -1,5 +1,6 @@
-//! Root disks: a qcow2 overlay backed by the image, grown to the requested size. Made with
-//! Debian's `qemu-img`, the tool QEMU's own disks are made with.
+//! Disks made with Debian's `qemu-img`, the tool QEMU's own disks are made with: root disks
+//! (a qcow2 overlay backed by the image, grown to the requested size), empty qcow2 volumes,
+//! and an image written onto a block device after a header (a persistent root filesystem).
 
 use std::path::Path;
 use std::process::Command;
@@ -47,6 +48,34 @@ pub fn create_overlay(
         cmd.arg(size.to_string());
     }
     run("create", overlay, &mut cmd)
+}
+
+/// Creates an empty qcow2 disk of `size` bytes.
+pub fn create_qcow2(path: &Path, size: u64) -> Result<(), DiskError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size.to_string());
+    run("create", path, &mut cmd)
+}
+
+/// Writes `image` (of `image_format`) as raw bytes onto the block device `device` from
+/// `offset` on; the device is not resized or recreated.
+pub fn write_raw_at(
+    image: &Path,
+    image_format: &str,
+    device: &Path,
+    offset: u64,
+) -> Result<(), DiskError> {
+    let target = format!(
+        "driver=raw,offset={offset},file.driver=host_device,file.filename={}",
+        device.display().to_string().replace(',', ",,")
+    );
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-q", "-n", "-f", image_format])
+        .arg(image)
+        .args(["--target-image-opts", &target]);
+    run("convert", device, &mut cmd)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::io;
 use quick_xml::Writer;
 use quick_xml::events::BytesText;
 use virtlet_core::annotations::{CpuSetting, DiskDriver};
-use virtlet_core::vmspec::{Cpu, DiskFormat, DomainType, VmSpec};
+use virtlet_core::vmspec::{Cpu, DiskFormat, DiskSource, DomainType, VmSpec};
 
 /// The XML namespace of virtlet's domain metadata.
 pub const METADATA_NS: &str = "https://virtlet.cloud/libvirt/metadata/1";
@@ -220,18 +220,86 @@ fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
             DiskFormat::Qcow2 => "qcow2",
             DiskFormat::Raw => "raw",
         };
+        let path = disk.path.to_string_lossy();
+        let kind = match disk.source {
+            DiskSource::File => "file",
+            DiskSource::Block { .. } => "block",
+            DiskSource::Rbd { .. } => "network",
+        };
         w.create_element("disk")
-            .with_attributes([("type", "file"), ("device", "disk")])
+            .with_attributes([("type", kind), ("device", "disk")])
             .write_inner_content(|w| {
                 w.create_element("driver")
                     .with_attributes([("name", "qemu"), ("type", format)])
                     .write_empty()?;
-                w.create_element("source")
-                    .with_attribute(("file", &*disk.path.to_string_lossy()))
-                    .write_empty()?;
+                match &disk.source {
+                    DiskSource::File => {
+                        w.create_element("source")
+                            .with_attribute(("file", &*path))
+                            .write_empty()?;
+                    }
+                    DiskSource::Block { offset: 0, .. } => {
+                        w.create_element("source")
+                            .with_attribute(("dev", &*path))
+                            .write_empty()?;
+                    }
+                    DiskSource::Block { offset, size } => {
+                        w.create_element("source")
+                            .with_attribute(("dev", &*path))
+                            .write_inner_content(|w| {
+                                w.create_element("slices").write_inner_content(|w| {
+                                    w.create_element("slice")
+                                        .with_attributes([
+                                            ("type", "storage"),
+                                            ("offset", &*offset.to_string()),
+                                            ("size", &*size.to_string()),
+                                        ])
+                                        .write_empty()?;
+                                    Ok(())
+                                })?;
+                                Ok(())
+                            })?;
+                    }
+                    DiskSource::Rbd {
+                        monitors,
+                        pool,
+                        image,
+                        user,
+                        secret_uuid,
+                    } => {
+                        w.create_element("auth")
+                            .with_attribute(("username", user.as_str()))
+                            .write_inner_content(|w| {
+                                w.create_element("secret")
+                                    .with_attributes([
+                                        ("type", "ceph"),
+                                        ("uuid", secret_uuid.as_str()),
+                                    ])
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                        w.create_element("source")
+                            .with_attributes([
+                                ("protocol", "rbd"),
+                                ("name", &*format!("{pool}/{image}")),
+                            ])
+                            .write_inner_content(|w| {
+                                for m in monitors {
+                                    let (host, port) = m.rsplit_once(':').unwrap_or((m, "6789"));
+                                    w.create_element("host")
+                                        .with_attributes([("name", host), ("port", port)])
+                                        .write_empty()?;
+                                }
+                                Ok(())
+                            })?;
+                    }
+                }
                 w.create_element("target")
                     .with_attributes([("dev", disk.target.as_str()), ("bus", bus)])
                     .write_empty()?;
+                if let Some(serial) = &disk.serial {
+                    text(w, "serial", serial)?;
+                }
                 if disk.read_only {
                     w.create_element("readonly").write_empty()?;
                 }

@@ -188,7 +188,7 @@ impl Libvirt {
 
     /// Runs `op`; if it fails because the connection died (libvirtd restarted), reconnects once
     /// and runs it again.
-    fn call<T>(
+    pub(crate) fn call<T>(
         &self,
         action: &'static str,
         domain: &str,

@@ -8,6 +8,7 @@ pub mod domain_xml;
 pub mod driver;
 pub mod kvm;
 pub mod sample;
+pub mod secrets;
 
 pub use driver::{
     AgentFailure, DomainStatus, DriverError, ExitInfo, Libvirt, OwnedDomain, VmSample, VmStats,

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use virtlet_core::VmAnnotations;
-use virtlet_core::vmspec::{self, DiskFormat, DomainType, NodeChoices, PodFacts, VmSpec};
+use virtlet_core::vmspec::{
+    self, Disk, DiskFormat, DiskSource, DomainType, NodeChoices, PodFacts, VmSpec,
+};
 use virtlet_vm::domain_xml;
 use virtlet_vm::driver::{DomainStatus, Libvirt};
 
@@ -85,6 +87,7 @@ fn cases() -> Vec<(&'static str, VmSpec)> {
                 },
             ),
         ),
+        ("volumes", volumes()),
         (
             "custom-cpu-no-netns",
             spec(
@@ -147,11 +150,14 @@ fn libvirt_parses_and_runs_every_case() {
             lv.status(&spec.domain_name).unwrap(),
             Some(DomainStatus::Running)
         );
+        // The files a domain holds (a block device is none).
         assert!(
             lv.list_owned()
                 .unwrap()
                 .iter()
-                .any(|d| d.name == spec.domain_name && d.files.contains(&spec.disks[0].path))
+                .any(|d| d.name == spec.domain_name
+                    && (d.files.contains(&spec.disks[0].path)
+                        || spec.disks[0].source != DiskSource::File))
         );
         lv.shutdown(&spec.domain_name).unwrap();
         match lv.status(&spec.domain_name).unwrap() {
@@ -174,6 +180,55 @@ fn libvirt_parses_and_runs_every_case() {
         .define("virtlet-bad", "<domain type='qemu'><name>x</name>")
         .unwrap_err();
     assert!(err.to_string().contains("virtlet-bad"), "{err}");
+}
+
+/// A persistent root volume (the device after its header sector), a block volume, an
+/// ephemeral qcow2 volume and a Ceph RBD volume, each with its serial.
+fn volumes() -> VmSpec {
+    let mut s = spec(&[], |_, n| {
+        n.root_disk = "/dev/loop4".into();
+        n.root_format = DiskFormat::Raw;
+    });
+    s.disks[0].source = DiskSource::Block {
+        offset: 512,
+        size: (80 << 20) - 512,
+    };
+    let disk = |path: &str, target: &str, format, source, serial: &str| Disk {
+        path: path.into(),
+        format,
+        read_only: false,
+        target: target.into(),
+        source,
+        serial: Some(serial.into()),
+    };
+    s.disks.push(disk(
+        "/dev/loop3",
+        "sdb",
+        DiskFormat::Raw,
+        DiskSource::Block { offset: 0, size: 0 },
+        "virtlet-vol0",
+    ));
+    s.disks.push(disk(
+        "/var/lib/virtlet/vms/5b1c0e4d/vol-c0ffee00dead-scratch.qcow2",
+        "sdc",
+        DiskFormat::Qcow2,
+        DiskSource::File,
+        "virtlet-vol1",
+    ));
+    s.disks.push(disk(
+        "",
+        "sdd",
+        DiskFormat::Raw,
+        DiskSource::Rbd {
+            monitors: vec!["10.0.0.1:6789".into(), "10.0.0.2".into()],
+            pool: "rbd".into(),
+            image: "vm-data".into(),
+            user: "libvirt".into(),
+            secret_uuid: "6f1e1c7a-1f0b-4b59-9d55-6b9b1c0f7a11".into(),
+        },
+        "virtlet-vol2",
+    ));
+    s
 }
 
 fn uuid_for(name: &str) -> String {
