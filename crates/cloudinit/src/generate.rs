@@ -87,6 +87,8 @@ pub struct Input<'a> {
     pub command: Vec<String>,
     /// The pod's sysctls (checked with [`crate::sysctl::check`]): set at every boot.
     pub sysctls: Vec<(String, String)>,
+    /// Volume disks: linked, formatted when fresh and mounted ([`crate::volumes`]).
+    pub volumes: Vec<crate::GuestVolume>,
     /// The pod's DNS settings, when it has resolver options (`ndots:5`, `rotate`, ...): no
     /// DHCP option or network-config field carries those, so cloud-init's `resolv_conf`
     /// does (the servers and search domains reach the guest by DHCP and network-config too).
@@ -254,10 +256,29 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
     if let Some(dns) = input.dns.filter(|d| !d.options.is_empty()) {
         merge(&mut user, resolv_conf(dns));
     }
-    if !input.sysctls.is_empty() {
-        let cmds = crate::sysctl::bootcmd(&input.sysctls)
+    let mounts = crate::volumes::mounts(&input.volumes);
+    if !mounts.is_empty() {
+        let entries = mounts
             .into_iter()
-            .map(|argv| Value::Sequence(argv.into_iter().map(Value::String).collect()))
+            .map(|m| Value::Sequence(m.into_iter().map(Value::String).collect()))
+            .collect();
+        merge(
+            &mut user,
+            Value::Mapping(Mapping::from_iter([(
+                Value::String("mounts".into()),
+                Value::Sequence(entries),
+            )])),
+        );
+    }
+    if !input.sysctls.is_empty() || !input.volumes.is_empty() {
+        let cmds = crate::volumes::bootcmd(&input.volumes)
+            .into_iter()
+            .map(Value::String)
+            .chain(
+                crate::sysctl::bootcmd(&input.sysctls)
+                    .into_iter()
+                    .map(|argv| Value::Sequence(argv.into_iter().map(Value::String).collect())),
+            )
             .collect();
         merge(
             &mut user,
@@ -273,7 +294,10 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
     let script = a.user_data_script.clone().or(source_script);
     let user_data = match script {
         Some(s) => {
-            let s = s.replace(MOUNT_SCRIPT_TOKEN, &mount_script(&input.files));
+            let s = s.replace(
+                MOUNT_SCRIPT_TOKEN,
+                &(mount_script(&input.files) + &crate::volumes::script(&input.volumes)),
+            );
             match s.split_once('\n') {
                 Some((shebang, rest))
                     if !input.sysctls.is_empty()

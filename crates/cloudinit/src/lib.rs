@@ -9,9 +9,11 @@ pub mod merge;
 pub mod network;
 pub mod seed;
 pub mod sysctl;
+pub mod volumes;
 
 pub use annotations::{CloudInitAnnotations, Encoding, SourceKind, SourceRef};
 pub use generate::{CloudInitData, CloudInitError, Input, WriteFile};
+pub use volumes::GuestVolume;
 
 /// user-data larger than this is refused.
 pub const MAX_USER_DATA: usize = 16 << 20;
