@@ -31,6 +31,7 @@ enum Undo {
     Root { sandbox_id: String, disk: RootDisk },
     SandboxDisks(Box<SandboxRecord>),
     Seed(std::path::PathBuf),
+    Volume(crate::volume_disks::Made),
     Domain(String),
 }
 
@@ -64,12 +65,6 @@ impl Manager {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| ManagerError::invalid("config.image.image is empty"))?;
-        if let Some(d) = config.devices.first() {
-            return Err(ManagerError::invalid(format!(
-                "config.devices[0] (host path {:?}): block volumes (volumeDevices) are not supported by this virtlet yet",
-                d.host_path
-            )));
-        }
         let pod = self.pod_spec(&sandbox)?;
         let image_info = self.images.status(&image).map_err(|e| {
             ManagerError::failed(e.kind(), format!("config.image.image {image:?}"), e)
@@ -89,7 +84,8 @@ impl Manager {
             &pod.cloud_init,
         )
         .await?;
-        let files = volumes::mounted_files(&self.config.kubelet_root_dir, &config.mounts)?;
+        let mounted = volumes::read_mounts(&self.config.kubelet_root_dir, &config.mounts)?;
+        let root_device_size = volumes::root_device_size(&config.devices)?;
         let pod_config = sandbox_config.unwrap_or_else(|| sandbox.config.clone());
         let id = naming::new_id();
         let siblings = self.records.containers_of(sandbox_id);
@@ -107,7 +103,9 @@ impl Manager {
             image: &image_info,
             image_name: &image,
             root_present,
-            files,
+            files: mounted.files,
+            flex: mounted.flex,
+            root_device_size,
             sources,
             node: &self.node_facts(),
         })?;
@@ -159,6 +157,9 @@ impl Manager {
                     }
                     self.records.save_sandbox(&sandbox)?;
                 }
+            }
+            RootPlan::Persistent { device, .. } => {
+                self.prepare_persistent_root(device, image, &rec.id).await?;
             }
             RootPlan::Create { disk, size } => {
                 let (info, blob) = self.images.acquire(&image.id(), &disk.image_user)?;
@@ -212,6 +213,12 @@ impl Manager {
             .await??;
         }
 
+        // The volume disks.
+        let mut made = Vec::new();
+        let result = self.make_volumes(&rec.id, &plan.volumes, &mut made).await;
+        undo.extend(made.into_iter().map(Undo::Volume));
+        result?;
+
         // What gives way: this sandbox's exited containers of the same name, and an exited
         // VM of an earlier sandbox of the pod that holds the same UUID (the kubelet makes a
         // new sandbox before it removes the old one). A running one is an error naming it.
@@ -260,14 +267,16 @@ impl Manager {
             if let Some(old) = plan
                 .replaced_root
                 .as_ref()
-                .filter(|o| o.path != new_root.path)
+                .filter(|o| new_root.is_none_or(|n| o.path != n.path))
             {
                 s.root_disks.retain(|r| r.path != old.path);
             }
             self.records.save_sandbox(&s)?;
         }
         match &plan.replaced_root {
-            Some(old) if old.path != new_root.path => self.drop_root_disk(&sandbox.id, old)?,
+            Some(old) if new_root.is_none_or(|n| old.path != n.path) => {
+                self.drop_root_disk(&sandbox.id, old)?
+            }
             // Its file was gone and a new one took its place: only its use of the old image
             // ends.
             Some(old) => self.release_image_use(&sandbox.id, old)?,
@@ -299,35 +308,12 @@ impl Manager {
             Undo::Seed(path) => {
                 let _ = std::fs::remove_file(path);
             }
+            Undo::Volume(made) => self.take_back_volume(made).await,
             Undo::Domain(name) => {
                 let lv = self.libvirt.clone();
                 let _ = blocking(move || lv.undefine(&name)).await;
             }
         }
-    }
-
-    /// Removes a root disk's file and ends its use of the image data.
-    pub(crate) fn drop_root_disk(&self, sandbox_id: &str, root: &RootDisk) -> Result<()> {
-        match std::fs::remove_file(&root.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("cannot remove {}", root.path.display()))(e));
-            }
-            _ => {}
-        }
-        self.release_image_use(sandbox_id, root)
-    }
-
-    /// Ends a root disk's use of its image's data.
-    fn release_image_use(&self, sandbox_id: &str, root: &RootDisk) -> Result<()> {
-        if let Ok(d) = virtlet_image::Digest::from_hex(&root.image_digest) {
-            let user = if root.image_user.is_empty() {
-                sandbox_id
-            } else {
-                &root.image_user
-            };
-            self.images.release(&d, user)?;
-        }
-        Ok(())
     }
 
     /// Boots the VM; its serial console goes to the container log.
@@ -513,6 +499,8 @@ impl Manager {
         if let Some(seed) = &rec.seed {
             let _ = std::fs::remove_file(seed);
         }
+        self.remove_volumes(&rec.id, &self.config.vm_dir.join(&rec.sandbox_id))
+            .await;
         let _ = std::fs::remove_file(
             self.config
                 .vm_dir

@@ -12,6 +12,7 @@
 
 mod cache;
 mod container;
+pub mod disks;
 mod error;
 pub mod exec;
 pub mod exec_tty;
@@ -22,8 +23,11 @@ pub mod plan;
 pub mod pod;
 mod records;
 mod recovery;
+mod root_disk;
+pub mod rootfs;
 mod sandbox;
 pub mod sources;
+mod volume_disks;
 mod volumes;
 
 use std::collections::HashMap;
@@ -67,6 +71,8 @@ pub struct ManagerConfig {
     pub cni: network::CniSettings,
     /// Kubernetes API access, for the ConfigMaps and Secrets that annotations name.
     pub kube: Option<Arc<virtlet_kube::KubeClient>>,
+    /// `--raw-devices`: globs of the host block devices raw FlexVolumes may name.
+    pub raw_devices: Vec<String>,
 }
 
 pub struct Manager {
@@ -170,6 +176,7 @@ impl Manager {
             domain_type: self.config.domain_type,
             cpu_model: self.config.cpu_model,
             runs_qemu: self.libvirt.runs_qemu(),
+            raw_devices: self.config.raw_devices.clone(),
         }
     }
 

@@ -11,7 +11,9 @@ use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use virtlet_cloudinit::generate::SeedKind;
 use virtlet_cloudinit::{CloudInitData, WriteFile};
 use virtlet_core::annotations::{CloudInitImageType, CpuModel};
-use virtlet_core::vmspec::{self, Disk, DiskFormat, DomainType, NodeChoices, PodFacts, VmSpec};
+use virtlet_core::vmspec::{
+    self, Disk, DiskFormat, DiskSource, DomainType, NodeChoices, PodFacts, VmSpec,
+};
 use virtlet_core::{ContainerState, naming};
 use virtlet_image::ImageInfo;
 use virtlet_vm::domain_xml;
@@ -30,6 +32,8 @@ pub struct NodeFacts {
     pub cpu_model: Option<CpuModel>,
     /// Whether the libvirt driver runs QEMU (a console socket) or not (the test driver).
     pub runs_qemu: bool,
+    /// `--raw-devices`: the host block devices raw FlexVolumes may name.
+    pub raw_devices: Vec<String>,
 }
 
 /// Everything the plan is made from. `config` was checked: it has a name and an image.
@@ -49,6 +53,10 @@ pub struct PlanInput<'a> {
     pub root_present: bool,
     /// Files of the container's mounts, for cloud-init's write_files.
     pub files: Vec<WriteFile>,
+    /// The container's FlexVolumes.
+    pub flex: Vec<crate::disks::FlexVolume>,
+    /// The size in bytes of the block device of a block volume at `/`, if there is one.
+    pub root_device_size: Option<u64>,
     pub sources: Sources,
     pub node: &'a NodeFacts,
 }
@@ -61,12 +69,17 @@ pub enum RootPlan {
     Reuse { disk: RootDisk, claim: bool },
     /// A new overlay on the image, grown to `size` when that is larger.
     Create { disk: RootDisk, size: Option<u64> },
+    /// A block volume at `/`: the persistent root filesystem, the image written onto it
+    /// (after a header sector) unless it is there already ([`crate::rootfs`]).
+    Persistent { device: PathBuf, size: u64 },
 }
 
 impl RootPlan {
-    pub fn disk(&self) -> &RootDisk {
+    /// The root disk file virtlet keeps for the pod (none for a persistent root).
+    pub fn disk(&self) -> Option<&RootDisk> {
         match self {
-            RootPlan::Reuse { disk, .. } | RootPlan::Create { disk, .. } => disk,
+            RootPlan::Reuse { disk, .. } | RootPlan::Create { disk, .. } => Some(disk),
+            RootPlan::Persistent { .. } => None,
         }
     }
 }
@@ -80,6 +93,8 @@ pub struct ContainerPlan {
     pub replaced_root: Option<RootDisk>,
     /// The seed disk and its content.
     pub seed: Option<(PathBuf, CloudInitData)>,
+    /// Volume disks to make (qcow2 files, Ceph secrets), in the VM's disk order.
+    pub volumes: Vec<crate::disks::PlannedVolume>,
     pub spec: VmSpec,
     pub xml: String,
     pub uuid: String,
@@ -122,9 +137,18 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
         image_name,
         root_present,
         files,
+        flex,
+        root_device_size,
         sources,
         node,
     } = input;
+    let volume_plan = crate::disks::plan_volumes(
+        id,
+        &node.vm_dir.join(&sandbox.id),
+        &config.devices,
+        &flex,
+        &node.raw_devices,
+    )?;
     let meta = config
         .metadata
         .clone()
@@ -166,6 +190,11 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .collect(),
         command,
         sysctls: pod.sysctls.clone(),
+        volumes: volume_plan
+            .volumes
+            .iter()
+            .map(|v| v.guest.clone())
+            .collect(),
         dns: sandbox
             .pod_network()
             .filter(|_| owns_network)
@@ -184,8 +213,26 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
     // that would have its file name gets another one.
     let digest_hex = image.digest.hex();
     let existing = sandbox.root_disk_of(&meta.name).cloned();
-    let (root, replaced_root) = match existing {
-        Some(disk) if disk.image_digest == digest_hex && root_present => {
+    let (root, replaced_root) = match (existing, &volume_plan.persistent_root) {
+        (existing, Some(device)) => {
+            let size = root_device_size.unwrap_or(0);
+            let need = image.virtual_size + crate::rootfs::HEADER_SIZE;
+            if size < need {
+                return Err(ManagerError::invalid(format!(
+                    "the block volume at / ({}) has {size} bytes; the image {image_name:?} needs {need} (its {} bytes and a header sector)",
+                    device.display(),
+                    image.virtual_size
+                )));
+            }
+            (
+                RootPlan::Persistent {
+                    device: device.clone(),
+                    size,
+                },
+                existing,
+            )
+        }
+        (Some(disk), None) if disk.image_digest == digest_hex && root_present => {
             let claim = disk.container_name.is_empty();
             let disk = RootDisk {
                 container_name: meta.name.clone(),
@@ -193,7 +240,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             };
             (RootPlan::Reuse { disk, claim }, None)
         }
-        other => {
+        (other, None) => {
             let dir = node.vm_dir.join(&sandbox.id);
             let mut path = dir.join(root_disk_file(&meta.name));
             if other
@@ -255,8 +302,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
         domain_type: node.domain_type,
         emulator: node.vmwrapper.clone(),
         cpu_model: node.cpu_model,
-        root_disk: root.disk().path.clone(),
-        root_format: DiskFormat::Qcow2,
+        root_disk: match &root {
+            RootPlan::Persistent { device, .. } => device.clone(),
+            RootPlan::Reuse { disk, .. } | RootPlan::Create { disk, .. } => disk.path.clone(),
+        },
+        root_format: match &root {
+            RootPlan::Persistent { .. } => DiskFormat::Raw,
+            _ => DiskFormat::Qcow2,
+        },
         console_socket: console_socket.clone(),
         netns: Some(sandbox.netns.clone()),
         nics: sandbox
@@ -275,19 +328,37 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .unwrap_or_default(),
     };
     let mut spec = vmspec::build(&facts, annotations, &choices);
-    // The cloud-init seed: the last disk, read-only, on the pod's disk bus.
+    if let RootPlan::Persistent { size, .. } = &root {
+        // The guest sees the device after its header sector.
+        spec.disks[0].source = DiskSource::Block {
+            offset: crate::rootfs::HEADER_SIZE,
+            size: size - crate::rootfs::HEADER_SIZE,
+        };
+    }
+    // Volume disks after the root, then the cloud-init seed: the last disk, read-only, all
+    // on the pod's disk bus.
     let bus = annotations.disk_bus();
-    let target = naming::disk_target(bus, spec.disks.len()).ok_or_else(|| {
-        ManagerError::invalid(format!(
-            "too many disks for the pod's disk bus ({bus:?} takes at most {})",
-            naming::max_disks(bus)
-        ))
-    })?;
+    let next_target = |n: usize| {
+        naming::disk_target(bus, n).ok_or_else(|| {
+            ManagerError::invalid(format!(
+                "too many disks for the pod's disk bus: the root disk, {} volume disks and the cloud-init disk, where {bus:?} takes at most {}",
+                volume_plan.volumes.len(),
+                naming::max_disks(bus)
+            ))
+        })
+    };
+    let mut volumes = volume_plan.volumes.clone();
+    for v in &mut volumes {
+        v.disk.target = next_target(spec.disks.len())?;
+        spec.disks.push(v.disk.clone());
+    }
     spec.disks.push(Disk {
         path: seed_path.clone(),
         format: DiskFormat::Raw,
         read_only: true,
-        target,
+        target: next_target(spec.disks.len())?,
+        source: DiskSource::File,
+        serial: None,
     });
     let xml = domain_xml::render(&spec);
 
@@ -326,6 +397,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
         root,
         replaced_root,
         seed: Some((seed_path, seed_data)),
+        volumes,
         spec,
         xml,
         uuid,
@@ -352,6 +424,7 @@ mod tests {
             domain_type: DomainType::Qemu,
             cpu_model: None,
             runs_qemu: true,
+            raw_devices: vec!["loop*".into()],
         }
     }
 
@@ -440,6 +513,8 @@ mod tests {
             image_name: "virtlet.cloud/tiny",
             root_present,
             files: Vec::new(),
+            flex: Vec::new(),
+            root_device_size: None,
             sources: Sources::default(),
             node: &node(),
         })
@@ -485,7 +560,7 @@ mod tests {
     fn a_restarted_container_keeps_its_disk_and_its_exited_predecessor_gives_way() {
         let mut s = sandbox(&[]);
         let first = make(&s, &[], &container("vm"), &image(HEX)).unwrap();
-        s.root_disks.push(first.root.disk().clone());
+        s.root_disks.push(first.root.disk().unwrap().clone());
         s.network_owner = Some("vm".into());
         let mut old = first.record.clone();
         old.id = "0ld0000000000000000000000".into();
@@ -494,7 +569,7 @@ mod tests {
         assert_eq!(
             p.root,
             RootPlan::Reuse {
-                disk: first.root.disk().clone(),
+                disk: first.root.disk().unwrap().clone(),
                 claim: false
             }
         );
@@ -509,7 +584,7 @@ mod tests {
         assert_eq!(
             p.root,
             RootPlan::Create {
-                disk: first.root.disk().clone(),
+                disk: first.root.disk().unwrap().clone(),
                 size: None
             }
         );
@@ -527,6 +602,7 @@ mod tests {
             .unwrap()
             .root
             .disk()
+            .unwrap()
             .clone();
         old.path = "/var/lib/virtlet/vms/s0123456789abcdef/root.qcow2".into();
         s.root_disks.push(old.clone());
@@ -538,7 +614,7 @@ mod tests {
         s.root_disks = vec![old.clone()];
         let p = make(&s, &[], &container("vm"), &image(HEX)).unwrap();
         assert_eq!(
-            p.root.disk().path,
+            p.root.disk().unwrap().path,
             Path::new("/var/lib/virtlet/vms/s0123456789abcdef/root-vm.e3b0c44298fc.qcow2")
         );
         assert_eq!(p.replaced_root, Some(old));
@@ -553,7 +629,7 @@ mod tests {
         assert!(!p.claims_network);
         assert!(p.spec.nics.is_empty());
         assert_eq!(
-            p.root.disk().path.file_name().unwrap(),
+            p.root.disk().unwrap().path.file_name().unwrap(),
             "root-sidecar.qcow2"
         );
     }
@@ -576,12 +652,12 @@ mod tests {
         };
         assert_eq!(*size, Some(2 << 30));
         // A disk recorded before pods had several VMs has no container name.
-        let mut legacy = p.root.disk().clone();
+        let mut legacy = p.root.disk().unwrap().clone();
         legacy.container_name = String::new();
         s.root_disks = vec![legacy];
         let p = make(&s, &[], &container("vm"), &image(HEX)).unwrap();
         assert!(matches!(p.root, RootPlan::Reuse { claim: true, .. }));
-        assert_eq!(p.root.disk().container_name, "vm");
+        assert_eq!(p.root.disk().unwrap().container_name, "vm");
     }
 
     #[test]

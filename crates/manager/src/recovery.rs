@@ -169,6 +169,7 @@ impl Manager {
             .into_iter()
             .map(|s| s.id)
             .collect();
+        self.collect_volume_leftovers(&known, &sandbox_ids).await;
         if let Ok(entries) = std::fs::read_dir(&self.config.vm_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

@@ -1,7 +1,10 @@
-//! Files the kubelet mounted for the container, turned into cloud-init `write_files`:
-//! Secret, ConfigMap, projected (the service account token) and downward-API volumes (every
-//! file, with its mode) and single-file mounts, as Mirantis Virtlet copied them. Host
-//! paths must lie inside the kubelet root dir once symlinks are resolved: no path traversal.
+//! What the kubelet mounted for the container, read: Secret, ConfigMap, projected (the
+//! service account token) and downward-API volumes (every file, with its mode) and
+//! single-file mounts become cloud-init `write_files`, as Mirantis Virtlet copied them;
+//! virtlet's FlexVolumes (a directory with `virtlet-flexvolume.json`) become disks
+//! ([`crate::disks`]). Any other directory is refused, naming it: the VM would not see it.
+//! Host paths must lie inside the kubelet root dir once symlinks are resolved: no path
+//! traversal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,16 +29,23 @@ const COPIED: [&str; 4] = [
     "kubernetes.io~downward-api",
 ];
 
-/// The files of the mounts virtlet copies into the guest. Directory volumes (emptyDir, ...)
-/// are not shared with the VM yet; each is named in a warning.
-pub fn mounted_files(
-    kubelet_root: &Path,
-    mounts: &[Mount],
-) -> Result<Vec<WriteFile>, ManagerError> {
+/// What the container's mounts give the VM.
+#[derive(Debug, Default)]
+pub struct Mounted {
+    /// Files copied in by cloud-init.
+    pub files: Vec<WriteFile>,
+    /// virtlet FlexVolumes, in mount order.
+    pub flex: Vec<crate::disks::FlexVolume>,
+}
+
+/// Reads the container's mounts: the files virtlet copies into the guest and the
+/// FlexVolumes; anything else is refused.
+pub fn read_mounts(kubelet_root: &Path, mounts: &[Mount]) -> Result<Mounted, ManagerError> {
     let mut out = Vec::new();
+    let mut flex = Vec::new();
     let root = match kubelet_root.canonicalize() {
         Ok(r) => r,
-        Err(_) if mounts.is_empty() => return Ok(out),
+        Err(_) if mounts.is_empty() => return Ok(Mounted::default()),
         Err(e) => {
             return Err(ManagerError::precondition(format!(
                 "the kubelet root dir {} cannot be resolved: {e}",
@@ -68,11 +78,23 @@ pub fn mounted_files(
             out.push(read_file(&host, &m.container_path, meta.permissions().mode()).map_err(bad)?);
             continue;
         }
+        if let Some(options) = crate::disks::read_flex_file(&host).map_err(bad)? {
+            flex.push(crate::disks::FlexVolume {
+                name: host
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                mount_path: m.container_path.clone(),
+                read_only: m.readonly,
+                options,
+            });
+            continue;
+        }
         let text = host.to_string_lossy();
         if !COPIED.iter().any(|plugin| text.contains(plugin)) {
-            tracing::warn!(container_path = %m.container_path, host_path = %m.host_path,
-                "a directory volume is not shared with the VM yet; the guest does not see it");
-            continue;
+            return Err(bad(
+                "a directory volume (emptyDir, hostPath, ...) cannot be shared with the VM by this virtlet yet (virtio-9p is not implemented); use a FlexVolume or a block volume (volumeDevices) for data, or a Secret/ConfigMap for files".into(),
+            ));
         }
         let mut files = Vec::new();
         walk(&host, &mut files).map_err(|e| bad(e.to_string()))?;
@@ -97,7 +119,27 @@ pub fn mounted_files(
             out.push(read_file(&real, &dest, mode).map_err(bad)?);
         }
     }
-    Ok(out)
+    Ok(Mounted { files: out, flex })
+}
+
+/// The size of the block device of a block volume at `/` (a persistent root filesystem).
+pub fn root_device_size(devices: &[k8s_cri::v1::Device]) -> Result<Option<u64>, ManagerError> {
+    let Some((i, d)) = devices
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.container_path == "/")
+    else {
+        return Ok(None);
+    };
+    let size = std::fs::File::open(&d.host_path)
+        .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+        .map_err(|e| {
+            ManagerError::invalid(format!(
+                "config.devices[{i}] (host path {:?}, the root filesystem): cannot read its size: {e}",
+                d.host_path
+            ))
+        })?;
+    Ok(Some(size))
 }
 
 fn read_file(path: &Path, dest: &str, mode: u32) -> Result<WriteFile, String> {
@@ -173,16 +215,23 @@ mod tests {
         std::fs::create_dir_all(&sa).unwrap();
         std::fs::write(sa.join("token"), "eyJ").unwrap();
 
-        let files = mounted_files(
+        let files = read_mounts(
             &root,
             &[
                 mount(&vol, "/etc/creds"),
                 mount(&single, "/etc/hosts"),
-                mount(&empty_dir, "/scratch"),
                 mount(&sa, "/var/run/secrets/kubernetes.io/serviceaccount"),
             ],
         )
-        .unwrap();
+        .unwrap()
+        .files;
+        // A directory the VM cannot get is refused, not dropped.
+        let err = read_mounts(&root, &[mount(&empty_dir, "/scratch")]).unwrap_err();
+        assert!(
+            err.to_string().contains("\"/scratch\"")
+                && err.to_string().contains("directory volume"),
+            "{err}"
+        );
         assert_eq!(files.len(), 3, "{files:?}");
         assert_eq!(files[0].path, "/etc/creds/password");
         assert_eq!(files[0].content, b"hunter2");
@@ -196,7 +245,7 @@ mod tests {
         // Outside the root, directly or through a symlink.
         let outside = dir.path().join("etc-shadow");
         std::fs::write(&outside, "secret").unwrap();
-        let err = mounted_files(&root, &[mount(&outside, "/x")]).unwrap_err();
+        let err = read_mounts(&root, &[mount(&outside, "/x")]).unwrap_err();
         assert!(
             err.to_string().contains("outside the kubelet root dir"),
             "{err}"
@@ -204,13 +253,13 @@ mod tests {
         let sneaky = root.join("uid/volumes/kubernetes.io~configmap/cm");
         std::fs::create_dir_all(&sneaky).unwrap();
         std::os::unix::fs::symlink(&outside, sneaky.join("shadow")).unwrap();
-        let err = mounted_files(&root, &[mount(&sneaky, "/etc/cm")]).unwrap_err();
+        let err = read_mounts(&root, &[mount(&sneaky, "/etc/cm")]).unwrap_err();
         assert!(
             err.to_string().contains("outside the kubelet root dir"),
             "{err}"
         );
         let dotdot = format!("{}/uid/../../etc-shadow", root.display());
-        let err = mounted_files(
+        let err = read_mounts(
             &root,
             &[Mount {
                 host_path: dotdot,

@@ -171,6 +171,7 @@ pub async fn run(config: Config) -> Result<()> {
                 plugin_timeout: std::time::Duration::from_secs(60),
             },
             kube,
+            raw_devices: config.raw_devices.clone(),
         },
         store.clone(),
         images.clone(),
