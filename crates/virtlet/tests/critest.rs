@@ -10,12 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::cni::TestNet;
 use common::tools::tool;
-use common::vm::{repo_root, require_libvirtd, tiny_image};
+use common::vm::{repo_root, require_libvirtd, tiny_image, variant};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer};
 
@@ -46,24 +46,6 @@ fn image_map() -> Vec<(String, &'static str)> {
         m.push((format!("{GCR}/test-image-user-{u}"), "user"));
     }
     m
-}
-
-/// A copy of `base` whose content differs in one unused sector (between the MBR and the
-/// first partition), so it boots the same and has its own sha256.
-fn variant(base: &Path, dir: &Path, name: &str, seed: u8) -> PathBuf {
-    let out = dir.join(format!("{name}.qcow2"));
-    std::fs::copy(base, &out).unwrap();
-    let st = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", &format!("write -P {seed} 512k 512")])
-        .arg(&out)
-        .output()
-        .expect("qemu-io (Debian package qemu-utils) is needed to make the test images");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    out
 }
 
 struct Expected {

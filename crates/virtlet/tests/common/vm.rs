@@ -181,3 +181,21 @@ pub async fn create_vm_pod(
     guard.0.push(id.clone());
     (sandbox, id)
 }
+
+/// A copy of `base` whose content differs in one unused sector (between the MBR and the
+/// first partition), so it boots the same and has its own sha256.
+pub fn variant(base: &Path, dir: &Path, name: &str, seed: u8) -> PathBuf {
+    let out = dir.join(format!("{name}.qcow2"));
+    std::fs::copy(base, &out).unwrap();
+    let st = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", &format!("write -P {seed} 512k 512")])
+        .arg(&out)
+        .output()
+        .expect("qemu-io (Debian package qemu-utils) is needed to make the test images");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
+}

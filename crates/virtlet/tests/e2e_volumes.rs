@@ -1,0 +1,357 @@
+//! End to end: volumes of a real VM with loop devices as the host's block devices. A block
+//! volume (`volumeDevices`) is linked at its devicePath and written by the guest; a `raw`
+//! FlexVolume (a loop device the host formatted) and a `qcow2` FlexVolume (formatted by the
+//! guest) are mounted where the pod says, both made through the real FlexVolume driver
+//! binary called as the kubelet calls it; the ephemeral disk goes with the container. A
+//! persistent root filesystem survives re-creating the pod and is rewritten for another
+//! image, with Mirantis Virtlet's header. Needs what `e2e_vm` needs, and loop devices.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::vm::{
+    DomainGuard, create_vm_pod, require_libvirtd, serve_and_pull, tiny_image, variant,
+};
+use common::{Daemon, Options};
+use k8s_cri::v1 as api;
+
+/// A loop device over a file of `size` bytes, detached when dropped.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn new(dir: &Path, name: &str, size: u64) -> Loop {
+        let file = dir.join(name);
+        std::fs::File::create(&file).unwrap().set_len(size).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup (util-linux) is needed for the volume tests");
+        assert!(
+            out.status.success(),
+            "losetup failed (loop devices are needed for the volume tests): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop {
+            dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        }
+    }
+
+    /// Bytes of the device as a host program reads them (`O_DIRECT`, so that what QEMU
+    /// left in the device's page cache is written back first).
+    fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        let out = Command::new("dd")
+            .arg(format!("if={}", self.dev))
+            .args(["bs=512", "iflag=direct", "status=none"])
+            .arg(format!("skip={}", offset / 512))
+            .arg(format!(
+                "count={}",
+                (offset % 512 + len as u64).div_ceil(512)
+            ))
+            .output()
+            .unwrap();
+        let start = (offset % 512) as usize;
+        out.stdout[start..start + len].to_vec()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn driver(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_flexvolume_driver"))
+        .args(args)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn sh(d: &Daemon, id: &str, script: &str) -> (i32, String) {
+    let r = d
+        .runtime()
+        .await
+        .exec_sync(api::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let text =
+        String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    (r.exit_code, text)
+}
+
+fn pod(uid: &str) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: uid.into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: uid.into(),
+        log_directory: format!("/tmp/virtlet-e2e-volumes/{uid}"),
+        annotations: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+async fn remove_pod(d: &Daemon, sandbox: &str) {
+    let mut rt = d.runtime().await;
+    rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox.into(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_and_flex_volumes_reach_the_guest() {
+    require_libvirtd();
+    let image = tiny_image();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let work = tempfile::tempdir().unwrap();
+    let block = Loop::new(work.path(), "block", 16 << 20);
+    let raw = Loop::new(work.path(), "raw", 32 << 20);
+    // The host formats the raw volume and leaves a file on it.
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg({
+            let seed = work.path().join("seed");
+            std::fs::create_dir_all(&seed).unwrap();
+            std::fs::write(seed.join("hello.txt"), "from the host\n").unwrap();
+            seed
+        })
+        .arg(&raw.dev)
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed for the volume tests");
+    assert!(st.success());
+
+    // The kubelet calls the FlexVolume driver for each volume before CreateContainer.
+    let volumes = d
+        .dir
+        .path()
+        .join("kubelet/pods/uid-vol/volumes/virtlet~flexvolume_driver");
+    let scratch = volumes.join("scratch");
+    let rawvol = volumes.join("rawdisk");
+    assert_eq!(driver(&["init"])["status"], "Success");
+    for (dir, opts) in [
+        (&scratch, r#"{"type":"qcow2","capacity":"64Mi"}"#.to_owned()),
+        (&rawvol, format!(r#"{{"type":"raw","path":"{}"}}"#, raw.dev)),
+    ] {
+        let answer = driver(&["mount", dir.to_str().unwrap(), &opts]);
+        assert_eq!(answer["status"], "Success", "{answer}");
+    }
+
+    let mount = |host: &Path, path: &str| api::Mount {
+        host_path: host.display().to_string(),
+        container_path: path.into(),
+        ..Default::default()
+    };
+    let config = api::ContainerConfig {
+        mounts: vec![mount(&scratch, "/mnt/scratch"), mount(&rawvol, "/mnt/raw")],
+        devices: vec![api::Device {
+            host_path: block.dev.clone(),
+            container_path: "/dev/data".into(),
+            permissions: "mrw".into(),
+        }],
+        ..common::vm_container(&name)
+    };
+    let (sandbox, c) = create_vm_pod(&d, &mut guard, pod("uid-vol"), config).await;
+    let pod_dir = d.dir.path().join("vms").join(&sandbox);
+    let ephemeral: Vec<_> = std::fs::read_dir(&pod_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vol-"))
+        .collect();
+    assert_eq!(
+        ephemeral.len(),
+        1,
+        "one qcow2 volume file in {}",
+        pod_dir.display()
+    );
+    d.runtime()
+        .await
+        .start_container(api::StartContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+
+    // The raw volume, mounted read-write, with the host's file.
+    let (code, out) = sh(
+        &d,
+        &c,
+        "cat /mnt/raw/hello.txt && grep ' /mnt/raw ' /proc/mounts",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("from the host"), "{out}");
+    // The qcow2 volume: formatted by the guest, mounted, written.
+    let (code, out) = sh(
+        &d,
+        &c,
+        "grep ' /mnt/scratch ' /proc/mounts && echo guest-data >/mnt/scratch/f && sync && cat /mnt/scratch/f",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("guest-data"), "{out}");
+    // The block volume: a link at its devicePath, written by the guest, read by the host.
+    let (code, out) = sh(
+        &d,
+        &c,
+        "ls -l /dev/data && printf block-volume-written | dd of=/dev/data bs=512 conv=sync,notrunc 2>/dev/null && sync",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        String::from_utf8_lossy(&block.read(0, 20)),
+        "block-volume-written",
+        "the guest said: {out}"
+    );
+
+    // Removed with the container: the ephemeral disk file; the driver unmounts.
+    remove_pod(&d, &sandbox).await;
+    assert!(
+        !std::fs::read_dir(&pod_dir)
+            .is_ok_and(|mut e| e
+                .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vol-")))),
+        "the qcow2 volume is gone"
+    );
+    for dir in [&scratch, &rawvol] {
+        assert_eq!(
+            driver(&["unmount", dir.to_str().unwrap()])["status"],
+            "Success"
+        );
+        assert!(!dir.exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_root_filesystem_outlives_its_pod() {
+    require_libvirtd();
+    let image = tiny_image();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let other = variant(&image, work.path(), "other", 9);
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let (_server2, other_name) = serve_and_pull(&d, &other).await;
+    let root = Loop::new(work.path(), "root", 80 << 20);
+    let config = |image: &str| api::ContainerConfig {
+        devices: vec![api::Device {
+            host_path: root.dev.clone(),
+            container_path: "/".into(),
+            permissions: "mrw".into(),
+        }],
+        ..common::vm_container(image)
+    };
+    // Sector 130000 lies inside the image (64 MiB), 150000 beyond it.
+    let disk = "d=/dev/$(ls /sys/block | grep -E '^(vd|sd)' | head -n 1)";
+    let read = format!(
+        "{disk}; dd if=$d bs=512 skip=130000 count=1 2>/dev/null | head -c 8; echo; dd if=$d bs=512 skip=150000 count=1 2>/dev/null | head -c 8"
+    );
+    let boot = |uid: &'static str, image: String| {
+        let d = &d;
+        let config = config(&image);
+        async move {
+            let mut guard = DomainGuard(Vec::new());
+            let (sandbox, c) = create_vm_pod(d, &mut guard, pod(uid), config).await;
+            d.runtime()
+                .await
+                .start_container(api::StartContainerRequest {
+                    container_id: c.clone(),
+                })
+                .await
+                .unwrap();
+            (sandbox, c, guard)
+        }
+    };
+
+    let (s1, c1, g1) = boot("uid-p1", name.clone()).await;
+    let (code, out) = sh(
+        &d,
+        &c1,
+        &format!(
+            "{disk}; printf in-image | dd of=$d bs=512 seek=130000 conv=sync,notrunc 2>/dev/null; printf beyondim | dd of=$d bs=512 seek=150000 conv=sync,notrunc 2>/dev/null; sync"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    // Virtlet's header: the magic and version, big endian, then the image's sha256.
+    assert_eq!(
+        root.read(0, 10),
+        [0x26, 0x3d, 0xbe, 0x52, 0xba, 0x57, 0x67, 0x02, 0, 1]
+    );
+    let first_hash = root.read(10, 32);
+    remove_pod(&d, &s1).await;
+    drop(g1);
+
+    // The same image again: the disk is used as it is, what the guest wrote is there.
+    let (s2, c2, g2) = boot("uid-p2", name.clone()).await;
+    let (code, out) = sh(&d, &c2, &read).await;
+    assert_eq!((code, out.as_str()), (0, "in-image\nbeyondim"), "{out}");
+    remove_pod(&d, &s2).await;
+    drop(g2);
+
+    // Another image: written anew (the guest's write inside the image is gone), the header
+    // names the new image.
+    let (s3, c3, g3) = boot("uid-p3", other_name).await;
+    let (code, out) = sh(&d, &c3, &read).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("in-image"), "{out}");
+    assert_ne!(root.read(10, 32), first_hash);
+    remove_pod(&d, &s3).await;
+    drop(g3);
+
+    // Too small a device for the image: refused, naming it.
+    let small = Loop::new(work.path(), "small", 8 << 20);
+    let mut cfg = config(&name);
+    cfg.devices[0].host_path = small.dev.clone();
+    let mut rt = d.runtime().await;
+    let s = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(pod("uid-small")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let err = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: s.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod("uid-small")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains(&small.dev), "{}", err.message());
+}

@@ -1,0 +1,223 @@
+//! Volumes at CreateContainer with libvirt's `test:///default` driver: what virtlet cannot
+//! give the VM is refused with InvalidArgument naming it (block volumes that are no device,
+//! FlexVolumes of unknown types or devices outside `--raw-devices`, directory volumes, too
+//! many disks, a root volume that cannot be read), leaving nothing behind; an ephemeral
+//! qcow2 FlexVolume is made with the container and goes with it, and one of a container
+//! virtlet does not know goes at startup. Guests using volumes are in `e2e_volumes`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use common::{Daemon, assert_status};
+use k8s_cri::v1 as api;
+use tonic::Code;
+use virtlet_testkit::{Route, TestServer, qcow2_image};
+
+fn pod(uid: &str) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: uid.into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A FlexVolume directory as virtlet's driver leaves it after `mount`.
+fn flex(d: &Daemon, name: &str, options: &str) -> api::Mount {
+    let dir = d
+        .dir
+        .path()
+        .join("kubelet/pods/uid-v/volumes/virtlet~flexvolume_driver")
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("virtlet-flexvolume.json"), options).unwrap();
+    api::Mount {
+        host_path: dir.display().to_string(),
+        container_path: format!("/mnt/{name}"),
+        ..Default::default()
+    }
+}
+
+fn device(host: &str, container: &str) -> api::Device {
+    api::Device {
+        host_path: host.into(),
+        container_path: container.into(),
+        permissions: "mrw".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volumes_are_given_to_the_vm_or_refused_by_name() {
+    let mut d = Daemon::start().await;
+    let server = TestServer::http().await.unwrap();
+    server.route(
+        "/vm.qcow2",
+        Route::Content(Bytes::from(qcow2_image("64M").unwrap())),
+    );
+    let image = format!("virtlet.cloud/{}", server.location("/vm.qcow2"));
+    d.pull(&image).await.unwrap();
+    let mut rt = d.runtime().await;
+    let sandbox = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(pod("uid-v")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let config = |mounts: Vec<api::Mount>, devices: Vec<api::Device>| api::ContainerConfig {
+        mounts,
+        devices,
+        ..common::vm_container(&image)
+    };
+    let empty_dir = d
+        .dir
+        .path()
+        .join("kubelet/pods/uid-v/volumes/kubernetes.io~empty-dir/scratch");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let many: Vec<_> = (0..30)
+        .map(|i| device(&format!("/dev/loop{i}"), &format!("/dev/d{i}")))
+        .collect();
+    let cases = vec![
+        (
+            config(vec![], vec![device("/tmp/disk.img", "/dev/data")]),
+            vec![
+                "config.devices[0]",
+                "/tmp/disk.img",
+                "block device under /dev",
+            ],
+        ),
+        (
+            config(vec![], vec![device("/dev/loop0", "/data")]),
+            vec!["config.devices[0]", "\"/data\"", "under /dev"],
+        ),
+        (
+            config(vec![], vec![device("/dev/no-such-disk", "/")]),
+            vec![
+                "/dev/no-such-disk",
+                "root filesystem",
+                "cannot read its size",
+            ],
+        ),
+        (
+            config(vec![flex(&d, "a", r#"{"type":"nfs"}"#)], vec![]),
+            vec!["FlexVolume \"a\"", "\"nfs\"", "qcow2, raw, ceph"],
+        ),
+        (
+            config(
+                vec![flex(&d, "b", r#"{"type":"raw","path":"/dev/sda"}"#)],
+                vec![],
+            ),
+            vec!["FlexVolume \"b\"", "/dev/sda", "--raw-devices"],
+        ),
+        (
+            config(
+                vec![flex(&d, "c", r#"{"type":"qcow2","capacity":"huge"}"#)],
+                vec![],
+            ),
+            vec!["FlexVolume \"c\"", "capacity \"huge\""],
+        ),
+        (
+            config(
+                vec![api::Mount {
+                    host_path: empty_dir.display().to_string(),
+                    container_path: "/scratch".into(),
+                    ..Default::default()
+                }],
+                vec![],
+            ),
+            vec!["\"/scratch\"", "directory volume"],
+        ),
+        (
+            config(vec![], many),
+            vec!["too many disks", "30 volume disks", "at most 26"],
+        ),
+    ];
+    for (cfg, needles) in cases {
+        let r = rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(cfg),
+                sandbox_config: None,
+            })
+            .await;
+        assert_status(r, Code::InvalidArgument, &needles);
+    }
+    let vms = d.dir.path().join("vms");
+    assert!(files_under(&vms).is_empty(), "{:?}", files_under(&vms));
+
+    // An ephemeral disk: made with the container, gone with it.
+    let scratch = flex(&d, "scratch", r#"{"type":"qcow2","capacity":"64Mi"}"#);
+    let id = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config(vec![scratch], vec![])),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let volume_files = || {
+        files_under(&vms)
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("vol-"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(volume_files().len(), 1, "{:?}", files_under(&vms));
+    rt.remove_container(api::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    assert!(volume_files().is_empty(), "{:?}", volume_files());
+
+    // A volume disk of a container virtlet does not know (removed while it was down) goes
+    // at startup; one of a known container stays.
+    let kept = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config(
+                vec![flex(&d, "kept", r#"{"type":"qcow2","capacity":"1Mi"}"#)],
+                vec![],
+            )),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let stray = vms.join(&sandbox).join("vol-0123456789ab-gone.qcow2");
+    std::fs::write(&stray, "").unwrap();
+    drop(rt);
+    d.kill();
+    d.restart().await;
+    assert!(
+        !stray.exists(),
+        "the stray volume disk is removed at startup"
+    );
+    let left = volume_files();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].to_string_lossy().contains(&kept[..12]), "{left:?}");
+}
