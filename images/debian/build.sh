@@ -14,7 +14,7 @@ DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${VIRTLET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # debootstrap does not resolve virtual packages or pick alternatives well:
 # everything needed is listed
-DEBIAN_INCLUDE="systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools zstd
+DEBIAN_INCLUDE="systemd-sysv udev dbus linux-image-amd64 initramfs-tools zstd
 	cloud-init python3-cffi-backend openssh-server qemu-guest-agent ifupdown
 	isc-dhcp-client iproute2 netbase procps sudo locales cloud-guest-utils e2fsprogs
 	ca-certificates less"

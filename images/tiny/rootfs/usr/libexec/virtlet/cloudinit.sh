@@ -139,7 +139,8 @@ load_group() {
 }
 load_fs_modules() {
 	case "$1" in
-	iso9660|vfat|msdos|fat|auto) load_group fs ;;
+	iso9660|vfat|msdos|fat|ext2|ext3|ext4|auto) load_group fs ;;
+	9p) load_group 9p ;;
 	esac
 }
 # device module groups for the virtio PCI devices present
