@@ -89,6 +89,9 @@ pub struct Input<'a> {
     pub sysctls: Vec<(String, String)>,
     /// Volume disks: linked, formatted when fresh and mounted ([`crate::volumes`]).
     pub volumes: Vec<crate::GuestVolume>,
+    /// Directories over 9p: mounted (and chowned, `chown_9p`).
+    pub filesystems: Vec<crate::volumes::GuestFilesystem>,
+    pub chown_9p: bool,
     /// The pod's DNS settings, when it has resolver options (`ndots:5`, `rotate`, ...): no
     /// DHCP option or network-config field carries those, so cloud-init's `resolv_conf`
     /// does (the servers and search domains reach the guest by DHCP and network-config too).
@@ -236,19 +239,29 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
             )])),
         );
     }
+    let mut runcmd: Vec<Value> = Vec::new();
+    if input.chown_9p {
+        runcmd.extend(
+            crate::volumes::chown_lines(&input.filesystems)
+                .into_iter()
+                .map(Value::String),
+        );
+    }
     if !input.command.is_empty() {
-        let cmd = Value::Sequence(
+        runcmd.push(Value::Sequence(
             input
                 .command
                 .iter()
                 .map(|c| Value::String(c.clone()))
                 .collect(),
-        );
+        ));
+    }
+    if !runcmd.is_empty() {
         merge(
             &mut user,
             Value::Mapping(Mapping::from_iter([(
                 Value::String("runcmd".into()),
-                Value::Sequence(vec![cmd]),
+                Value::Sequence(runcmd),
             )])),
         );
     }
@@ -256,7 +269,8 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
     if let Some(dns) = input.dns.filter(|d| !d.options.is_empty()) {
         merge(&mut user, resolv_conf(dns));
     }
-    let mounts = crate::volumes::mounts(&input.volumes);
+    let mut mounts = crate::volumes::mounts(&input.volumes);
+    mounts.extend(crate::volumes::fs_mounts(&input.filesystems));
     if !mounts.is_empty() {
         let entries = mounts
             .into_iter()
@@ -296,7 +310,8 @@ pub fn generate(input: &Input<'_>) -> Result<CloudInitData, CloudInitError> {
         Some(s) => {
             let s = s.replace(
                 MOUNT_SCRIPT_TOKEN,
-                &(mount_script(&input.files) + &crate::volumes::script(&input.volumes)),
+                &(mount_script(&input.files)
+                    + &crate::volumes::script(&input.volumes, &input.filesystems)),
             );
             match s.split_once('\n') {
                 Some((shebang, rest))

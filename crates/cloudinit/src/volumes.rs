@@ -18,6 +18,43 @@ pub struct GuestVolume {
     pub read_only: bool,
 }
 
+/// A host directory shared over virtio-9p, as the guest mounts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFilesystem {
+    pub tag: String,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+/// The uid and gid `VirtletChown9pfsMounts` gives 9p mounts in the guest: the cloud images'
+/// default user.
+pub const CHOWN_TO: &str = "1000:1000";
+
+/// cloud-init `mounts` entries for 9p directories.
+pub fn fs_mounts(filesystems: &[GuestFilesystem]) -> Vec<Vec<String>> {
+    filesystems
+        .iter()
+        .map(|f| {
+            let ro = if f.read_only { ",ro" } else { "" };
+            vec![
+                f.tag.clone(),
+                f.mount_path.clone(),
+                "9p".into(),
+                format!("trans=virtio,version=9p2000.L,msize=262144,nofail{ro}"),
+            ]
+        })
+        .collect()
+}
+
+/// `runcmd` lines that chown the writable 9p mounts (`VirtletChown9pfsMounts`).
+pub fn chown_lines(filesystems: &[GuestFilesystem]) -> Vec<String> {
+    filesystems
+        .iter()
+        .filter(|f| !f.read_only)
+        .map(|f| format!("chown -R {CHOWN_TO} {}", quote(&f.mount_path)))
+        .collect()
+}
+
 /// The shell functions the commands use: `virtlet_disk SERIAL` prints the device,
 /// `virtlet_link SERIAL LINK` waits for it (5 s at most) and links it, `virtlet_format DEV`
 /// makes a filesystem on a blank disk (its first 64 KiB all zero, as a fresh ephemeral disk
@@ -74,8 +111,16 @@ pub fn mounts(volumes: &[GuestVolume]) -> Vec<Vec<String>> {
 }
 
 /// The same as a shell script, for user-data scripts that ask for Virtlet's mount script.
-pub fn script(volumes: &[GuestVolume]) -> String {
+pub fn script(volumes: &[GuestVolume], filesystems: &[GuestFilesystem]) -> String {
     let mut s = String::new();
+    for m in fs_mounts(filesystems) {
+        s.push_str(&format!(
+            "mkdir -p {path} && mount -t 9p -o {opts} {tag} {path}\n",
+            path = quote(&m[1]),
+            opts = m[3].replace(",nofail", ""),
+            tag = quote(&m[0])
+        ));
+    }
     for line in bootcmd(volumes) {
         s.push_str(&line);
         s.push('\n');
@@ -132,7 +177,7 @@ mod tests {
                 "defaults,nofail".into()
             ]]
         );
-        assert!(script(&volumes()).ends_with(
+        assert!(script(&volumes(), &[]).ends_with(
             "mkdir -p '/mnt/it'\\''s' && mount '/dev/virtlet/scratch' '/mnt/it'\\''s'\n"
         ));
         assert!(bootcmd(&[]).is_empty());

@@ -58,6 +58,15 @@ pub struct Disk {
     pub serial: Option<String>,
 }
 
+/// A host directory the guest mounts over virtio-9p by its tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filesystem {
+    pub source: PathBuf,
+    /// The 9p mount tag (at most 31 bytes).
+    pub tag: String,
+    pub read_only: bool,
+}
+
 /// Where a disk's bytes are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskSource {
@@ -103,6 +112,9 @@ pub struct VmSpec {
     pub disk_bus: DiskDriver,
     /// Root disk first.
     pub disks: Vec<Disk>,
+    /// Host directories shared over virtio-9p.
+    #[serde(default)]
+    pub filesystems: Vec<Filesystem>,
     /// The serial console's unix socket (QEMU listens); `None`: a pty (drivers without QEMU).
     pub console_socket: Option<PathBuf>,
     /// The network namespace QEMU enters (through `vmwrapper`).
@@ -188,6 +200,7 @@ pub fn build(pod: &PodFacts<'_>, annotations: &VmAnnotations, node: &NodeChoices
             source: DiskSource::File,
             serial: None,
         }],
+        filesystems: Vec::new(),
         console_socket: node.console_socket.clone(),
         netns: node.netns.clone(),
         nics: node.nics.clone(),

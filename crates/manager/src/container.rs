@@ -84,7 +84,11 @@ impl Manager {
             &pod.cloud_init,
         )
         .await?;
-        let mounted = volumes::read_mounts(&self.config.kubelet_root_dir, &config.mounts)?;
+        let mounted = volumes::read_mounts(
+            &self.config.kubelet_root_dir,
+            &self.config.allowed_host_paths,
+            &config.mounts,
+        )?;
         let root_device_size = volumes::root_device_size(&config.devices)?;
         let pod_config = sandbox_config.unwrap_or_else(|| sandbox.config.clone());
         let id = naming::new_id();
@@ -105,6 +109,7 @@ impl Manager {
             root_present,
             files: mounted.files,
             flex: mounted.flex,
+            dirs: mounted.dirs,
             root_device_size,
             sources,
             node: &self.node_facts(),

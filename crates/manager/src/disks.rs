@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1::Device;
 use serde_json::{Map, Value};
 use virtlet_cloudinit::GuestVolume;
-use virtlet_core::vmspec::{Disk, DiskFormat, DiskSource};
+use virtlet_cloudinit::volumes::GuestFilesystem;
+use virtlet_core::vmspec::{Disk, DiskFormat, DiskSource, Filesystem};
 
 use crate::ManagerError;
 
@@ -29,6 +30,46 @@ pub struct FlexVolume {
     pub read_only: bool,
     /// The options of the pod spec, as the kubelet handed them to the driver.
     pub options: Map<String, Value>,
+}
+
+/// A directory volume (emptyDir, hostPath, ...) shared over virtio-9p.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirMount {
+    /// The volume's name (its directory's): the 9p mount tag.
+    pub name: String,
+    /// The directory, symlinks resolved.
+    pub host: PathBuf,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+/// The 9p mount tags of `dirs`: each volume's name, cut to the 31 bytes a tag may have and
+/// made unique with its index when names repeat.
+pub fn filesystems(dirs: &[DirMount]) -> Vec<(Filesystem, GuestFilesystem)> {
+    let mut used: Vec<String> = Vec::new();
+    dirs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut tag: String = sanitize(&d.name).chars().take(31).collect();
+            if tag.is_empty() || used.contains(&tag) {
+                let suffix = format!("_{i}");
+                tag = tag.chars().take(31 - suffix.len()).collect::<String>() + &suffix;
+            }
+            used.push(tag.clone());
+            (
+                Filesystem {
+                    source: d.host.clone(),
+                    tag: tag.clone(),
+                    read_only: d.read_only,
+                },
+                GuestFilesystem {
+                    tag,
+                    mount_path: d.mount_path.clone(),
+                    read_only: d.read_only,
+                },
+            )
+        })
+        .collect()
 }
 
 /// One volume disk and what it needs made.
@@ -304,6 +345,27 @@ mod tests {
             container_path: container.into(),
             permissions: "mrw".into(),
         }
+    }
+
+    #[test]
+    fn nine_p_tags_come_from_volume_names() {
+        let dir = |name: &str, path: &str| DirMount {
+            name: name.into(),
+            host: PathBuf::from("/h").join(name),
+            mount_path: path.into(),
+            read_only: false,
+        };
+        let fs = filesystems(&[
+            dir("scratch", "/a"),
+            dir("scratch", "/b"),
+            dir("a-very-long-volume-name-that-goes-on-and-on", "/c"),
+        ]);
+        let tags: Vec<_> = fs.iter().map(|(f, _)| f.tag.as_str()).collect();
+        assert_eq!(
+            tags,
+            ["scratch", "scratch_1", "a-very-long-volume-name-that-go"]
+        );
+        assert_eq!(fs[1].1.mount_path, "/b");
     }
 
     #[test]

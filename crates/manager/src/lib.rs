@@ -73,6 +73,8 @@ pub struct ManagerConfig {
     pub kube: Option<Arc<virtlet_kube::KubeClient>>,
     /// `--raw-devices`: globs of the host block devices raw FlexVolumes may name.
     pub raw_devices: Vec<String>,
+    /// `--allowed-host-paths`: where hostPath directories shared over 9p may lie.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 pub struct Manager {

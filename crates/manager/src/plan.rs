@@ -55,6 +55,8 @@ pub struct PlanInput<'a> {
     pub files: Vec<WriteFile>,
     /// The container's FlexVolumes.
     pub flex: Vec<crate::disks::FlexVolume>,
+    /// The container's directory volumes (9p).
+    pub dirs: Vec<crate::disks::DirMount>,
     /// The size in bytes of the block device of a block volume at `/`, if there is one.
     pub root_device_size: Option<u64>,
     pub sources: Sources,
@@ -138,10 +140,12 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
         root_present,
         files,
         flex,
+        dirs,
         root_device_size,
         sources,
         node,
     } = input;
+    let filesystems = crate::disks::filesystems(&dirs);
     let volume_plan = crate::disks::plan_volumes(
         id,
         &node.vm_dir.join(&sandbox.id),
@@ -195,6 +199,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .iter()
             .map(|v| v.guest.clone())
             .collect(),
+        filesystems: filesystems.iter().map(|(_, g)| g.clone()).collect(),
+        chown_9p: annotations.chown_9pfs_mounts,
         dns: sandbox
             .pod_network()
             .filter(|_| owns_network)
@@ -328,6 +334,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<ContainerPlan, ManagerError> {
             .unwrap_or_default(),
     };
     let mut spec = vmspec::build(&facts, annotations, &choices);
+    spec.filesystems = filesystems.into_iter().map(|(f, _)| f).collect();
     if let RootPlan::Persistent { size, .. } = &root {
         // The guest sees the device after its header sector.
         spec.disks[0].source = DiskSource::Block {
@@ -514,6 +521,7 @@ mod tests {
             root_present,
             files: Vec::new(),
             flex: Vec::new(),
+            dirs: Vec::new(),
             root_device_size: None,
             sources: Sources::default(),
             node: &node(),

@@ -36,13 +36,21 @@ pub struct Mounted {
     pub files: Vec<WriteFile>,
     /// virtlet FlexVolumes, in mount order.
     pub flex: Vec<crate::disks::FlexVolume>,
+    /// Directories shared over virtio-9p (emptyDir, hostPath, ...), resolved.
+    pub dirs: Vec<crate::disks::DirMount>,
 }
 
-/// Reads the container's mounts: the files virtlet copies into the guest and the
-/// FlexVolumes; anything else is refused.
-pub fn read_mounts(kubelet_root: &Path, mounts: &[Mount]) -> Result<Mounted, ManagerError> {
+/// Reads the container's mounts: the files virtlet copies into the guest, the FlexVolumes,
+/// and the directories shared over 9p, which must lie in the kubelet's pods directory or
+/// under one of `allowed` (`--allowed-host-paths`) once symlinks are resolved.
+pub fn read_mounts(
+    kubelet_root: &Path,
+    allowed: &[std::path::PathBuf],
+    mounts: &[Mount],
+) -> Result<Mounted, ManagerError> {
     let mut out = Vec::new();
     let mut flex = Vec::new();
+    let mut dirs = Vec::new();
     let root = match kubelet_root.canonicalize() {
         Ok(r) => r,
         Err(_) if mounts.is_empty() => return Ok(Mounted::default()),
@@ -66,6 +74,25 @@ pub fn read_mounts(kubelet_root: &Path, mounts: &[Mount]) -> Result<Mounted, Man
         let host = Path::new(&m.host_path)
             .canonicalize()
             .map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+        let is_dir = std::fs::metadata(&host).is_ok_and(|m| m.is_dir());
+        let copied = COPIED.iter().any(|p| host.to_string_lossy().contains(p));
+        let flex_dir = is_dir && host.join(crate::disks::FLEX_FILE).exists();
+        if is_dir && !copied && !flex_dir && !inside(&root, &host) {
+            // A hostPath directory: only from where the node allows.
+            if !allowed
+                .iter()
+                .filter_map(|a| a.canonicalize().ok())
+                .any(|a| inside(&a, &host))
+            {
+                return Err(bad(format!(
+                    "it resolves to {}, outside the kubelet root dir {} and the allowed host paths {allowed:?} (--allowed-host-paths)",
+                    host.display(),
+                    root.display()
+                )));
+            }
+            dirs.push(dir_mount(m, host));
+            continue;
+        }
         if !inside(&root, &host) {
             return Err(bad(format!(
                 "it resolves to {}, outside the kubelet root dir {}",
@@ -90,11 +117,9 @@ pub fn read_mounts(kubelet_root: &Path, mounts: &[Mount]) -> Result<Mounted, Man
             });
             continue;
         }
-        let text = host.to_string_lossy();
-        if !COPIED.iter().any(|plugin| text.contains(plugin)) {
-            return Err(bad(
-                "a directory volume (emptyDir, hostPath, ...) cannot be shared with the VM by this virtlet yet (virtio-9p is not implemented); use a FlexVolume or a block volume (volumeDevices) for data, or a Secret/ConfigMap for files".into(),
-            ));
+        if !copied {
+            dirs.push(dir_mount(m, host));
+            continue;
         }
         let mut files = Vec::new();
         walk(&host, &mut files).map_err(|e| bad(e.to_string()))?;
@@ -119,7 +144,23 @@ pub fn read_mounts(kubelet_root: &Path, mounts: &[Mount]) -> Result<Mounted, Man
             out.push(read_file(&real, &dest, mode).map_err(bad)?);
         }
     }
-    Ok(Mounted { files: out, flex })
+    Ok(Mounted {
+        files: out,
+        flex,
+        dirs,
+    })
+}
+
+fn dir_mount(m: &Mount, host: std::path::PathBuf) -> crate::disks::DirMount {
+    crate::disks::DirMount {
+        name: host
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into()),
+        host,
+        mount_path: m.container_path.clone(),
+        read_only: m.readonly,
+    }
 }
 
 /// The size of the block device of a block volume at `/` (a persistent root filesystem).
@@ -217,6 +258,7 @@ mod tests {
 
         let files = read_mounts(
             &root,
+            &[],
             &[
                 mount(&vol, "/etc/creds"),
                 mount(&single, "/etc/hosts"),
@@ -225,13 +267,22 @@ mod tests {
         )
         .unwrap()
         .files;
-        // A directory the VM cannot get is refused, not dropped.
-        let err = read_mounts(&root, &[mount(&empty_dir, "/scratch")]).unwrap_err();
-        assert!(
-            err.to_string().contains("\"/scratch\"")
-                && err.to_string().contains("directory volume"),
-            "{err}"
-        );
+        // Directories go over 9p: from the kubelet's pods dir, or an allowed host path.
+        let m = read_mounts(&root, &[], &[mount(&empty_dir, "/scratch")]).unwrap();
+        assert_eq!(m.dirs.len(), 1);
+        assert_eq!(m.dirs[0].name, "scratch");
+        assert_eq!(m.dirs[0].mount_path, "/scratch");
+        let host_dir = dir.path().join("srv/data");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let err = read_mounts(&root, &[], &[mount(&host_dir, "/data")]).unwrap_err();
+        assert!(err.to_string().contains("--allowed-host-paths"), "{err}");
+        let m = read_mounts(
+            &root,
+            &[dir.path().join("srv")],
+            &[mount(&host_dir, "/data")],
+        )
+        .unwrap();
+        assert_eq!(m.dirs[0].host, host_dir.canonicalize().unwrap());
         assert_eq!(files.len(), 3, "{files:?}");
         assert_eq!(files[0].path, "/etc/creds/password");
         assert_eq!(files[0].content, b"hunter2");
@@ -245,7 +296,7 @@ mod tests {
         // Outside the root, directly or through a symlink.
         let outside = dir.path().join("etc-shadow");
         std::fs::write(&outside, "secret").unwrap();
-        let err = read_mounts(&root, &[mount(&outside, "/x")]).unwrap_err();
+        let err = read_mounts(&root, &[], &[mount(&outside, "/x")]).unwrap_err();
         assert!(
             err.to_string().contains("outside the kubelet root dir"),
             "{err}"
@@ -253,7 +304,7 @@ mod tests {
         let sneaky = root.join("uid/volumes/kubernetes.io~configmap/cm");
         std::fs::create_dir_all(&sneaky).unwrap();
         std::os::unix::fs::symlink(&outside, sneaky.join("shadow")).unwrap();
-        let err = read_mounts(&root, &[mount(&sneaky, "/etc/cm")]).unwrap_err();
+        let err = read_mounts(&root, &[], &[mount(&sneaky, "/etc/cm")]).unwrap_err();
         assert!(
             err.to_string().contains("outside the kubelet root dir"),
             "{err}"
@@ -261,6 +312,7 @@ mod tests {
         let dotdot = format!("{}/uid/../../etc-shadow", root.display());
         let err = read_mounts(
             &root,
+            &[],
             &[Mount {
                 host_path: dotdot,
                 container_path: "/x".into(),

@@ -118,6 +118,12 @@ pub const SETTINGS: &[Setting] = &[
         "comma-separated globs of /dev entries VMs may use as raw disks",
     ),
     s(
+        "allowed-host-paths",
+        "VIRTLET_ALLOWED_HOST_PATHS",
+        "",
+        "comma-separated host directories whose subtrees hostPath volumes may share with VMs over 9p (the kubelet's pods directory always may)",
+    ),
+    s(
         "cpu-model",
         "VIRTLET_CPU_MODEL",
         "",
@@ -176,6 +182,8 @@ pub struct Config {
     pub stream_port: u16,
     pub stream_address: std::net::IpAddr,
     pub kubelet_root_dir: PathBuf,
+    /// Host directories hostPath volumes may come from (9p).
+    pub allowed_host_paths: Vec<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub raw_devices: Vec<String>,
     pub cpu_model: String,
@@ -354,6 +362,20 @@ impl Config {
                 "entries are globs of names under /dev, without '/'",
             ));
         }
+        let allowed = get("VIRTLET_ALLOWED_HOST_PATHS");
+        let allowed_host_paths: Vec<PathBuf> = allowed
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if allowed_host_paths.iter().any(|p| !p.is_absolute()) {
+            return Err(bad(
+                "VIRTLET_ALLOWED_HOST_PATHS",
+                &allowed,
+                "entries must be absolute directories",
+            ));
+        }
         let cpu_model = get("VIRTLET_CPU_MODEL");
         if !cpu_model.is_empty() && cpu_model != "host-model" {
             return Err(bad(
@@ -380,6 +402,7 @@ impl Config {
             stream_port,
             stream_address,
             kubelet_root_dir: abs("KUBELET_ROOT_DIR")?,
+            allowed_host_paths,
             kubeconfig: match get("VIRTLET_KUBECONFIG") {
                 v if v.is_empty() => None,
                 _ => Some(abs("VIRTLET_KUBECONFIG")?),

@@ -172,6 +172,7 @@ pub async fn run(config: Config) -> Result<()> {
             },
             kube,
             raw_devices: config.raw_devices.clone(),
+            allowed_host_paths: config.allowed_host_paths.clone(),
         },
         store.clone(),
         images.clone(),

@@ -306,6 +306,23 @@ fn write_devices(w: &mut W, spec: &VmSpec) -> io::Result<()> {
                 Ok(())
             })?;
     }
+    // Directories over virtio-9p: QEMU (root) reads and writes them as the host sees them.
+    for fs in &spec.filesystems {
+        w.create_element("filesystem")
+            .with_attributes([("type", "mount"), ("accessmode", "passthrough")])
+            .write_inner_content(|w| {
+                w.create_element("source")
+                    .with_attribute(("dir", &*fs.source.to_string_lossy()))
+                    .write_empty()?;
+                w.create_element("target")
+                    .with_attribute(("dir", fs.tag.as_str()))
+                    .write_empty()?;
+                if fs.read_only {
+                    w.create_element("readonly").write_empty()?;
+                }
+                Ok(())
+            })?;
+    }
     match &spec.console_socket {
         Some(path) => {
             w.create_element("serial")
