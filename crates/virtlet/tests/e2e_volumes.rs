@@ -4,7 +4,9 @@
 //! guest) are mounted where the pod says, both made through the real FlexVolume driver
 //! binary called as the kubelet calls it; the ephemeral disk goes with the container. A
 //! persistent root filesystem survives re-creating the pod and is rewritten for another
-//! image, with Mirantis Virtlet's header. Needs what `e2e_vm` needs, and loop devices.
+//! image, with Mirantis Virtlet's header. Directories (an emptyDir, a read-only hostPath)
+//! go over 9p, in the tiny image with Debian's generic kernel (the cloud kernel has no 9p).
+//! Needs what `e2e_vm` needs, and loop devices.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +17,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::vm::{
-    DomainGuard, create_vm_pod, require_libvirtd, serve_and_pull, tiny_image, variant,
+    DomainGuard, create_vm_pod, require_libvirtd, serve_and_pull, tiny_generic_image, tiny_image,
+    variant,
 };
 use common::{Daemon, Options};
 use k8s_cri::v1 as api;
@@ -354,4 +357,87 @@ async fn a_persistent_root_filesystem_outlives_its_pod() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains(&small.dev), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directories_are_shared_over_9p() {
+    require_libvirtd();
+    let image = tiny_generic_image();
+    let work = tempfile::tempdir().unwrap();
+    let host = work.path().join("srv");
+    std::fs::create_dir_all(host.join("config")).unwrap();
+    std::fs::write(host.join("config/app.conf"), "from a hostPath\n").unwrap();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        extra_env: vec![(
+            "VIRTLET_ALLOWED_HOST_PATHS".into(),
+            host.display().to_string(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let empty_dir = d
+        .dir
+        .path()
+        .join("kubelet/pods/uid-9p/volumes/kubernetes.io~empty-dir/scratch");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    std::fs::write(empty_dir.join("seed.txt"), "from the host\n").unwrap();
+    let mut p = pod("uid-9p");
+    p.annotations
+        .insert("VirtletChown9pfsMounts".into(), "true".into());
+    let config = api::ContainerConfig {
+        mounts: vec![
+            api::Mount {
+                host_path: empty_dir.display().to_string(),
+                container_path: "/scratch".into(),
+                ..Default::default()
+            },
+            api::Mount {
+                host_path: host.join("config").display().to_string(),
+                container_path: "/etc/app".into(),
+                readonly: true,
+                ..Default::default()
+            },
+        ],
+        ..common::vm_container(&name)
+    };
+    let (_sandbox, c) = create_vm_pod(&d, &mut guard, p, config).await;
+    d.runtime()
+        .await
+        .start_container(api::StartContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+    let (code, out) = sh(
+        &d,
+        &c,
+        "cat /scratch/seed.txt /etc/app/app.conf && echo from-the-guest >/scratch/new.txt && grep -E ' /(scratch|etc/app) 9p ' /proc/mounts",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("from the host") && out.contains("from a hostPath"),
+        "{out}"
+    );
+    assert!(out.contains("/etc/app 9p ro,"), "read-only: {out}");
+    assert_eq!(
+        std::fs::read_to_string(empty_dir.join("new.txt")).unwrap(),
+        "from-the-guest\n"
+    );
+    // Read-only stays read-only; VirtletChown9pfsMounts gave the writable one to uid 1000.
+    let (code, out) = sh(&d, &c, "touch /etc/app/x").await;
+    assert_ne!(code, 0, "{out}");
+    use std::os::unix::fs::MetadataExt;
+    let mut owner = 0;
+    for _ in 0..50 {
+        owner = std::fs::metadata(empty_dir.join("seed.txt")).unwrap().uid();
+        if owner == 1000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(owner, 1000, "chowned in the guest");
 }

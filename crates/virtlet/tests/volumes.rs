@@ -1,7 +1,8 @@
 //! Volumes at CreateContainer with libvirt's `test:///default` driver: what virtlet cannot
 //! give the VM is refused with InvalidArgument naming it (block volumes that are no device,
-//! FlexVolumes of unknown types or devices outside `--raw-devices`, directory volumes, too
-//! many disks, a root volume that cannot be read), leaving nothing behind; an ephemeral
+//! FlexVolumes of unknown types or devices outside `--raw-devices`, host directories outside
+//! the allowed paths, too many disks, a root volume that cannot be read), leaving nothing
+//! behind; a directory volume is shared over 9p; an ephemeral
 //! qcow2 FlexVolume is made with the container and goes with it, and one of a container
 //! virtlet does not know goes at startup. Guests using volumes are in `e2e_volumes`.
 
@@ -98,6 +99,8 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
         .path()
         .join("kubelet/pods/uid-v/volumes/kubernetes.io~empty-dir/scratch");
     std::fs::create_dir_all(&empty_dir).unwrap();
+    let host_dir = d.dir.path().join("srv-data");
+    std::fs::create_dir_all(&host_dir).unwrap();
     let many: Vec<_> = (0..30)
         .map(|i| device(&format!("/dev/loop{i}"), &format!("/dev/d{i}")))
         .collect();
@@ -143,13 +146,17 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
         (
             config(
                 vec![api::Mount {
-                    host_path: empty_dir.display().to_string(),
-                    container_path: "/scratch".into(),
+                    host_path: host_dir.display().to_string(),
+                    container_path: "/data".into(),
                     ..Default::default()
                 }],
                 vec![],
             ),
-            vec!["\"/scratch\"", "directory volume"],
+            vec![
+                "\"/data\"",
+                "outside the kubelet root dir",
+                "--allowed-host-paths",
+            ],
         ),
         (
             config(vec![], many),
@@ -168,6 +175,28 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
     }
     let vms = d.dir.path().join("vms");
     assert!(files_under(&vms).is_empty(), "{:?}", files_under(&vms));
+
+    // A directory volume goes over 9p (libvirt parses the filesystem device).
+    let id = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config(
+                vec![api::Mount {
+                    host_path: empty_dir.display().to_string(),
+                    container_path: "/scratch".into(),
+                    ..Default::default()
+                }],
+                vec![],
+            )),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.remove_container(api::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
 
     // An ephemeral disk: made with the container, gone with it.
     let scratch = flex(&d, "scratch", r#"{"type":"qcow2","capacity":"64Mi"}"#);

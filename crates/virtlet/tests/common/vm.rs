@@ -14,16 +14,25 @@ pub fn repo_root() -> PathBuf {
 
 /// The tiny test image: `VIRTLET_TINY_IMAGE`, or built (or found in its cache) by `images/build`.
 pub fn tiny_image() -> PathBuf {
-    if let Ok(p) = std::env::var("VIRTLET_TINY_IMAGE") {
+    built_image("VIRTLET_TINY_IMAGE", "tiny")
+}
+
+/// The tiny image with Debian's generic kernel, which has 9p (directory volumes).
+pub fn tiny_generic_image() -> PathBuf {
+    built_image("VIRTLET_TINY_GENERIC_IMAGE", "tiny-generic")
+}
+
+fn built_image(var: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
     let out = Command::new(repo_root().join("images/build"))
-        .arg("tiny")
+        .arg(name)
         .output()
         .expect("cannot run images/build");
     assert!(
         out.status.success(),
-        "images/build tiny failed (it needs the packages scripts/setup-host installs):\n{}",
+        "images/build {name} failed (it needs the packages scripts/setup-host installs):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let path = String::from_utf8_lossy(&out.stdout)
