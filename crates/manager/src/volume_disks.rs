@@ -1,7 +1,8 @@
 //! Making and removing a container's volume disks ([`crate::disks`] plans them): empty qcow2
 //! files for `qcow2` FlexVolumes, libvirt secrets for `ceph` ones, and the image on a
 //! persistent root volume ([`crate::rootfs`]). Each file is named `vol-<container ID[..12]>-*`
-//! in the pod's directory and each secret's usage `virtlet-<container ID> <volume>`, so the
+//! in the pod's directory and each secret's usage `virtlet-<container ID> <volume> (<VM
+//! dir>)` (the VM dir tells this virtlet's secrets from another's on the same libvirtd), so the
 //! container's removal and startup GC find them without a record.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,11 @@ pub(crate) fn file_prefix(container_id: &str) -> String {
 }
 
 impl Manager {
+    /// What ends the usage names of this virtlet's secrets.
+    fn secret_owner(&self) -> String {
+        format!("({})", self.config.vm_dir.display())
+    }
+
     /// Makes the planned volume disks; each made thing is pushed to `made` first.
     pub(crate) async fn make_volumes(
         &self,
@@ -64,7 +70,7 @@ impl Manager {
                 let prefix = secret_prefix(container_id);
                 made.push(Made::Secrets(prefix.clone()));
                 let (lv, uuid, key) = (self.libvirt.clone(), secret_uuid.clone(), key.clone());
-                let usage = format!("{prefix} {image}");
+                let usage = format!("{prefix} {image} {}", self.secret_owner());
                 blocking(move || lv.define_ceph_secret(&uuid, &usage, &key))
                     .await?
                     .map_err(|e| {
@@ -166,7 +172,8 @@ impl Manager {
         let Ok(Ok(secrets)) = blocking(move || lv.owned_secrets()).await else {
             return;
         };
-        for usage in secrets {
+        let owner = self.secret_owner();
+        for usage in secrets.into_iter().filter(|u| u.ends_with(&owner)) {
             let Some(id) = usage
                 .strip_prefix("virtlet-")
                 .and_then(|r| r.split(' ').next())

@@ -125,6 +125,65 @@ async fn remove_pod(d: &Daemon, sandbox: &str) {
     .unwrap();
 }
 
+/// The ephemeral volume files in a pod's directory.
+fn ephemeral_files(pod_dir: &Path) -> usize {
+    std::fs::read_dir(pod_dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vol-"))
+            .count()
+    })
+}
+
+fn secrets() -> String {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "secret-list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Ceph volume: its libvirt secret (private, holding the key) lives as long as the
+/// container. No Ceph cluster runs here, so the VM is defined, not started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ceph_volume_has_a_secret_as_long_as_its_container() {
+    require_libvirtd();
+    let image = tiny_image();
+    let d = Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        ..Options::default()
+    })
+    .await;
+    let mut guard = DomainGuard(Vec::new());
+    let (_server, name) = serve_and_pull(&d, &image).await;
+    let dir = d
+        .dir
+        .path()
+        .join("kubelet/pods/uid-ceph/volumes/virtlet~flexvolume_driver/rbd");
+    let opts = r#"{"type":"ceph","monitor":"192.0.2.1:6789","user":"libvirt","secret":"QVFCdGVzdGtleQ==","pool":"rbd","volume":"vm-data"}"#;
+    assert_eq!(
+        driver(&["mount", dir.to_str().unwrap(), opts])["status"],
+        "Success"
+    );
+    let config = api::ContainerConfig {
+        mounts: vec![api::Mount {
+            host_path: dir.display().to_string(),
+            container_path: "/mnt/rbd".into(),
+            ..Default::default()
+        }],
+        ..common::vm_container(&name)
+    };
+    let (sandbox, c) = create_vm_pod(&d, &mut guard, pod("uid-ceph"), config).await;
+    let usage = format!("virtlet-{c} vm-data ({}/vms)", d.dir.path().display());
+    assert!(secrets().contains(&usage), "{}", secrets());
+    remove_pod(&d, &sandbox).await;
+    assert!(!secrets().contains(&c), "{}", secrets());
+    assert_eq!(
+        driver(&["unmount", dir.to_str().unwrap()])["status"],
+        "Success"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn block_and_flex_volumes_reach_the_guest() {
     require_libvirtd();
@@ -185,13 +244,8 @@ async fn block_and_flex_volumes_reach_the_guest() {
     };
     let (sandbox, c) = create_vm_pod(&d, &mut guard, pod("uid-vol"), config).await;
     let pod_dir = d.dir.path().join("vms").join(&sandbox);
-    let ephemeral: Vec<_> = std::fs::read_dir(&pod_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("vol-"))
-        .collect();
     assert_eq!(
-        ephemeral.len(),
+        ephemeral_files(&pod_dir),
         1,
         "one qcow2 volume file in {}",
         pod_dir.display()
@@ -236,14 +290,20 @@ async fn block_and_flex_volumes_reach_the_guest() {
         "the guest said: {out}"
     );
 
+    // A restart of virtlet leaves the running VM its volumes.
+    let mut d = d;
+    d.restart().await;
+    let (code, out) = sh(&d, &c, "cat /mnt/scratch/f /mnt/raw/hello.txt").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("guest-data") && out.contains("from the host"),
+        "{out}"
+    );
+    assert_eq!(ephemeral_files(&pod_dir), 1, "kept across the restart");
+
     // Removed with the container: the ephemeral disk file; the driver unmounts.
     remove_pod(&d, &sandbox).await;
-    assert!(
-        !std::fs::read_dir(&pod_dir)
-            .is_ok_and(|mut e| e
-                .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vol-")))),
-        "the qcow2 volume is gone"
-    );
+    assert_eq!(ephemeral_files(&pod_dir), 0, "the qcow2 volume is gone");
     for dir in [&scratch, &rawvol] {
         assert_eq!(
             driver(&["unmount", dir.to_str().unwrap()])["status"],

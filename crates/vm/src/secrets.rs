@@ -20,6 +20,17 @@ pub fn ceph_secret_xml(uuid: &str, usage: &str) -> String {
     )
 }
 
+/// The usage name in a secret's XML. (virt 0.5's `Secret::usage_id` frees the string libvirt
+/// owns, a double free: the usage is read from the XML instead.)
+fn usage_of(secret: &virt::secret::Secret) -> Option<String> {
+    let xml = secret.xml_desc(0).ok()?;
+    let start = xml.find("<name>")? + "<name>".len();
+    let end = start + xml[start..].find("</name>")?;
+    quick_xml::escape::unescape(&xml[start..end])
+        .ok()
+        .map(|s| s.into_owned())
+}
+
 impl Libvirt {
     /// Defines the Ceph secret `uuid` holding `key` (base64, as Ceph prints keys).
     pub fn define_ceph_secret(
@@ -51,7 +62,7 @@ impl Libvirt {
         self.call("undefine secrets", prefix, |c| {
             let mut n = 0;
             for s in c.list_all_secrets(0 as sys::virConnectListAllSecretsFlags)? {
-                if s.usage_id().is_ok_and(|u| u.starts_with(prefix)) {
+                if usage_of(&s).is_some_and(|u| u.starts_with(prefix)) {
                     s.undefine()?;
                     n += 1;
                 }
@@ -65,7 +76,7 @@ impl Libvirt {
         self.call("list secrets", "", |c| {
             Ok(c.list_all_secrets(0 as sys::virConnectListAllSecretsFlags)?
                 .iter()
-                .filter_map(|s| s.usage_id().ok())
+                .filter_map(usage_of)
                 .filter(|u| u.starts_with("virtlet-"))
                 .collect())
         })
