@@ -71,6 +71,27 @@ pub fn read_mounts(
         if !m.container_path.starts_with('/') {
             return Err(bad("the container path must be absolute".into()));
         }
+        // What a VM's filesystems cannot have: they are the guest's, not a mount namespace
+        // of the host's.
+        if let Some(image) = &m.image {
+            return Err(bad(format!(
+                "image volumes ({:?}) are not supported: a VM gets disks and directories, not container image layers",
+                image.image
+            )));
+        }
+        if m.propagation != 0 {
+            return Err(bad(format!(
+                "mount propagation {} ({}) cannot reach a VM: its guest mounts are its own; use the default (None)",
+                m.propagation,
+                k8s_cri::v1::MountPropagation::try_from(m.propagation)
+                    .map_or("unknown", |p| p.as_str_name())
+            )));
+        }
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(bad(
+                "uid/gid mappings (user namespaces) cannot apply to a VM's filesystems".into(),
+            ));
+        }
         let host = Path::new(&m.host_path)
             .canonicalize()
             .map_err(|e| bad(format!("cannot resolve it: {e}")))?;
@@ -292,6 +313,37 @@ mod tests {
             files[2].path,
             "/var/run/secrets/kubernetes.io/serviceaccount/token"
         );
+
+        // Mount options a VM cannot have, each refused by name.
+        for (m, needle) in [
+            (
+                Mount {
+                    propagation: 2,
+                    ..mount(&empty_dir, "/p")
+                },
+                "PROPAGATION_BIDIRECTIONAL",
+            ),
+            (
+                Mount {
+                    image: Some(k8s_cri::v1::ImageSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    }),
+                    ..mount(&empty_dir, "/i")
+                },
+                "image volumes",
+            ),
+            (
+                Mount {
+                    uid_mappings: vec![k8s_cri::v1::IdMapping::default()],
+                    ..mount(&empty_dir, "/u")
+                },
+                "user namespaces",
+            ),
+        ] {
+            let err = read_mounts(&root, &[], &[m]).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
 
         // Outside the root, directly or through a symlink.
         let outside = dir.path().join("etc-shadow");

@@ -1,7 +1,7 @@
 //! Volumes at CreateContainer with libvirt's `test:///default` driver: what virtlet cannot
 //! give the VM is refused with InvalidArgument naming it (block volumes that are no device,
 //! FlexVolumes of unknown types or devices outside `--raw-devices`, host directories outside
-//! the allowed paths, too many disks, a root volume that cannot be read), leaving nothing
+//! the allowed paths, mount propagation, too many disks, a root volume that cannot be read), leaving nothing
 //! behind; a directory volume is shared over 9p; an ephemeral
 //! qcow2 FlexVolume is made with the container and goes with it, and one of a container
 //! virtlet does not know goes at startup. Guests using volumes are in `e2e_volumes`.
@@ -156,6 +156,22 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
                 "\"/data\"",
                 "outside the kubelet root dir",
                 "--allowed-host-paths",
+            ],
+        ),
+        (
+            config(
+                vec![api::Mount {
+                    host_path: empty_dir.display().to_string(),
+                    container_path: "/shared".into(),
+                    propagation: api::MountPropagation::PropagationBidirectional as i32,
+                    ..Default::default()
+                }],
+                vec![],
+            ),
+            vec![
+                "\"/shared\"",
+                "mount propagation",
+                "PROPAGATION_BIDIRECTIONAL",
             ],
         ),
         (
