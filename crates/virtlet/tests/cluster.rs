@@ -2,9 +2,11 @@
 //! scheduler, started by `cluster-up`) with the real kubelet as its node and virtlet as the
 //! node's runtime; kubectl through the API server: `apply` of a VM pod, `logs`, `attach -i`,
 //! `port-forward` (WebSocket, kubectl's default, and SPDY; several connections at once; a
-//! port where nothing listens), `exec`, exec readiness and liveness probes (a failing one
-//! restarts the VM), and `delete` with a grace period. The pod's user-data comes
-//! from a ConfigMap that virtlet reads through the API server (kube-rs, client certificates).
+//! port where nothing listens), `exec` (also `-it`), exec readiness and liveness probes (a
+//! failing one restarts the VM), volumes (an emptyDir and a hostPath over 9p, a qcow2
+//! FlexVolume through virtlet's driver, which the kubelet calls), and `delete` with a grace
+//! period. The pod's user-data comes from a ConfigMap that virtlet reads through the API
+//! server (kube-rs, client certificates).
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +22,9 @@ use common::background::{Background, http_get};
 use common::cni::TestNet;
 use common::kubelet::{Kubelet, KubeletOptions};
 use common::tools::{free_port, shell_line, tools_dir};
-use common::vm::{DomainGuard, MARKER, repo_root, require_libvirtd, tiny_image};
+use common::vm::{
+    DomainGuard, MARKER, repo_root, require_libvirtd, tiny_generic_image, tiny_image,
+};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer};
 
@@ -145,7 +149,10 @@ impl Drop for Cluster {
 async fn kubectl_through_a_cluster() {
     require_libvirtd();
     let image = tiny_image();
+    let generic = tiny_generic_image();
     let net = TestNet::new(47);
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("hello"), "from-a-host-path\n").unwrap();
     // The control plane first: virtlet reads the pod's user-data from a ConfigMap through
     // it, with the admin kubeconfig (client certificates).
     let cluster_dir = tempfile::tempdir().unwrap();
@@ -153,10 +160,16 @@ async fn kubectl_through_a_cluster() {
     let d = Daemon::start_with(Options {
         libvirt_uri: "qemu:///system",
         cni_conflist: Some(net.conflist(60, true, &[])),
-        extra_env: vec![(
-            "VIRTLET_KUBECONFIG".into(),
-            cluster.kubeconfig.display().to_string(),
-        )],
+        extra_env: vec![
+            (
+                "VIRTLET_KUBECONFIG".into(),
+                cluster.kubeconfig.display().to_string(),
+            ),
+            (
+                "VIRTLET_ALLOWED_HOST_PATHS".into(),
+                host_dir.path().display().to_string(),
+            ),
+        ],
         ..Options::default()
     })
     .await;
@@ -166,13 +179,27 @@ async fn kubectl_through_a_cluster() {
         "/tiny.qcow2",
         Route::Content(std::fs::read(&image).unwrap().into()),
     );
+    server.route(
+        "/tiny-generic.qcow2",
+        Route::Content(std::fs::read(&generic).unwrap().into()),
+    );
     d.write_translation(
         "t.yaml",
         &format!(
-            "translations:\n  - name: tiny\n    url: {}\n",
-            server.url("/tiny.qcow2")
+            "translations:\n  - name: tiny\n    url: {}\n  - name: tiny-generic\n    url: {}\n",
+            server.url("/tiny.qcow2"),
+            server.url("/tiny-generic.qcow2")
         ),
     );
+    // virtlet's FlexVolume driver where the kubelet looks for drivers.
+    let plugins = d.dir.path().join("volume-plugins");
+    let driver_dir = plugins.join("virtlet~flexvolume_driver");
+    std::fs::create_dir_all(&driver_dir).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_flexvolume_driver"),
+        driver_dir.join("flexvolume_driver"),
+    )
+    .unwrap();
     let k = Kubelet::start_with(
         &d.dir.path().join("kubelet-node"),
         &d.socket,
@@ -182,6 +209,7 @@ async fn kubectl_through_a_cluster() {
             // The pods' files (/etc/hosts, the termination log) are under the folder the
             // daemon's --kubelet-root-dir allows.
             root_dir: Some(d.dir.path().join("kubelet")),
+            volume_plugin_dir: Some(plugins.clone()),
         },
     );
     cluster.wait_until(
@@ -421,6 +449,104 @@ spec:
         "--wait=true",
         "--timeout=120s",
     ]);
+
+    // Volumes through the kubelet: an emptyDir and a read-only hostPath over 9p (the image
+    // with the generic kernel), a qcow2 FlexVolume through virtlet's driver, formatted and
+    // mounted by the guest. Ready once the guest sees all three.
+    let volumes_pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: vm-volumes
+  annotations:
+    kubernetes.io/target-runtime: virtlet.cloud
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: vm
+    image: virtlet.cloud/tiny-generic
+    volumeMounts:
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: host, mountPath: /host, readOnly: true}}
+    - {{name: disk, mountPath: /disk}}
+    readinessProbe:
+      exec:
+        command: [sh, -c, 'grep -q \" /scratch 9p \" /proc/mounts && grep -q \" /disk \" /proc/mounts && cat /host/hello']
+      periodSeconds: 2
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: host, hostPath: {{path: {host}, type: Directory}}}}
+  - name: disk
+    flexVolume:
+      driver: virtlet/flexvolume_driver
+      options: {{type: qcow2, capacity: 64Mi}}
+",
+        host = host_dir.path().display()
+    );
+    let file = d.dir.path().join("volumes.yaml");
+    std::fs::write(&file, volumes_pod).unwrap();
+    let started = Instant::now();
+    cluster.ok(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+    cluster.wait_until(
+        Duration::from_secs(180),
+        |c| c.ready("pod", "vm-volumes"),
+        || {
+            format!(
+                "pod vm-volumes is not Ready:\n{}\nkubelet log (end):\n{}",
+                cluster.ok(&["describe", "pod", "vm-volumes"]),
+                k.log_tail(60)
+            )
+        },
+    );
+    eprintln!(
+        "a pod with 3 volumes: apply to Ready {:?}",
+        started.elapsed()
+    );
+    let cid = cluster.ok(&[
+        "get",
+        "pod",
+        "vm-volumes",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    guard
+        .0
+        .push(cid.trim_start_matches("virtlet://").to_owned());
+    let uid = cluster.ok(&["get", "pod", "vm-volumes", "-o", "jsonpath={.metadata.uid}"]);
+    cluster.ok(&[
+        "exec",
+        "vm-volumes",
+        "--",
+        "sh",
+        "-c",
+        "echo written-in-the-vm >/scratch/out && sync",
+    ]);
+    let pod_volumes = d
+        .dir
+        .path()
+        .join("kubelet/pods")
+        .join(uid.trim())
+        .join("volumes");
+    assert_eq!(
+        std::fs::read_to_string(pod_volumes.join("kubernetes.io~empty-dir/scratch/out")).unwrap(),
+        "written-in-the-vm\n"
+    );
+    cluster.ok(&[
+        "delete",
+        "pod",
+        "vm-volumes",
+        "--grace-period=5",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    // The kubelet unmounted the FlexVolume (the driver removed its directory).
+    let flex_dir = pod_volumes.join("virtlet~flexvolume_driver/disk");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flex_dir.exists() {
+        assert!(Instant::now() < deadline, "{} stayed", flex_dir.display());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // kubectl delete with a grace period: the VM is powered off (ACPI) and removed.
     let started = Instant::now();

@@ -17,6 +17,8 @@ pub struct KubeletOptions {
     /// `--root-dir` (default `<dir>/root`); its `pods` folder is what virtlet's
     /// `--kubelet-root-dir` must name for volumes to be allowed.
     pub root_dir: Option<PathBuf>,
+    /// `volumePluginDir`: where the kubelet finds FlexVolume drivers.
+    pub volume_plugin_dir: Option<PathBuf>,
 }
 
 pub struct Kubelet {
@@ -66,7 +68,12 @@ serializeImagePulls: false
 podLogsDir: {logs}
 evictionHard: {{memory.available: \"1Mi\", nodefs.available: \"0%\", nodefs.inodesFree: \"0%\", imagefs.available: \"0%\", imagefs.inodesFree: \"0%\"}}
 imageGCHighThresholdPercent: 100
-",
+{plugins}",
+            plugins = opts
+                .volume_plugin_dir
+                .as_ref()
+                .map(|p| format!("volumePluginDir: {}\n", p.display()))
+                .unwrap_or_default(),
             manifests = manifests.display(),
             logs = dir.join("pod-logs").display(),
             address = if opts.kubeconfig.is_some() { "0.0.0.0" } else { "127.0.0.1" },
