@@ -66,6 +66,18 @@ impl Cri {
         log_dir: &Path,
         start: bool,
     ) -> Result<(String, String)> {
+        self.pod_with(name, container_config(image), log_dir, start)
+            .await
+    }
+
+    /// A pod with `container` as its one container.
+    pub(crate) async fn pod_with(
+        &mut self,
+        name: &str,
+        container: api::ContainerConfig,
+        log_dir: &Path,
+        start: bool,
+    ) -> Result<(String, String)> {
         let config = pod_config(name, log_dir);
         let pod = self
             .rt
@@ -80,7 +92,7 @@ impl Cri {
             .rt
             .create_container(api::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(image)),
+                config: Some(container),
                 sandbox_config: Some(config),
             })
             .await?

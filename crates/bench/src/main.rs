@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 mod baseline;
 mod cri;
+mod volumes;
 
 use baseline::*;
 use cri::*;
@@ -99,6 +100,15 @@ enum Cmd {
         probes: usize,
         #[arg(long)]
         pid: u32,
+    },
+    /// A pod with four volumes (qcow2 and raw FlexVolumes, a block volume, a 9p emptyDir) vs
+    /// the same pod with none: Run+Create+Start and to the guest's marker, per volume.
+    Volumes {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The daemon's --kubelet-root-dir (where the volumes are laid out).
+        #[arg(long)]
+        kubelet_root: PathBuf,
     },
     /// Full pod lifecycles one after another; first vs last durations, and leaks afterwards.
     Steady {
@@ -328,6 +338,9 @@ async fn main() -> Result<()> {
                 }
             }
             json!({ "running_s": running, "virtlet_s": ready, "baseline_s": base })
+        }
+        Cmd::Volumes { runs, kubelet_root } => {
+            volumes::run(&mut cri, &cli.image, &cli.work, &kubelet_root, runs).await?
         }
         Cmd::Exec { calls, probes, pid } => {
             let name = "exec0";
