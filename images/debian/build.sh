@@ -1,7 +1,7 @@
 # Sourced by images/build: the "debian" image (built only on demand).
 #
 # Debian bookworm (debootstrap minbase + systemd, cloud-init, openssh-server,
-# qemu-guest-agent, the cloud kernel) as a BIOS-bootable qcow2:
+# qemu-guest-agent, the generic kernel, which has 9p) as a BIOS-bootable qcow2:
 #   MBR (syslinux mbr.bin)
 #   partition 1: FAT, SYSLINUX + kernel + Debian's initrd
 #   partition 2: ext4 root (made with mke2fs -d, no mount), LAST so that
