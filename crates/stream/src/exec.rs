@@ -135,6 +135,38 @@ where
     end_spdy(session, error, &message).await;
 }
 
+/// A WebSocket message on `channel` of the `channel.k8s.io` protocols.
+pub(crate) fn ws_frame(channel: u8, data: &[u8]) -> Message {
+    let mut m = Vec::with_capacity(data.len() + 1);
+    m.push(channel);
+    m.extend_from_slice(data);
+    Message::Binary(Bytes::from(m))
+}
+
+/// The end of a WebSocket exec session: `status` on the error channel, a normal close, and the
+/// connection kept until the client answers the close (or [`LINGER`]).
+pub(crate) async fn end_ws<S, R, E>(sink: &mut S, reader: &mut R, status: &[u8])
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+{
+    let _ = sink.send(ws_frame(channel::ERROR, status)).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = reader.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 pub(crate) async fn ws_exec<T>(io: T, protocol: &str, want: Streams, cmd: Vec<String>, run: Run)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -142,12 +174,7 @@ where
     let v5 = protocol == "v5.channel.k8s.io";
     let ws = crate::ws::server(io).await;
     let (mut sink, mut reader) = ws.split();
-    let send = |channel: u8, data: &[u8]| {
-        let mut m = Vec::with_capacity(data.len() + 1);
-        m.push(channel);
-        m.extend_from_slice(data);
-        Message::Binary(Bytes::from(m))
-    };
+    let send = ws_frame;
     // An empty message on the lowest output channel is how Kubernetes servers say "ready".
     if want.stdout || want.stderr {
         let first = if want.stdout {
@@ -199,23 +226,7 @@ where
             }
         }
     }
-    let _ = sink
-        .send(send(channel::ERROR, &status_json(&outcome, &cmd)))
-        .await;
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        })))
-        .await;
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(m)) = reader.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+    end_ws(&mut sink, &mut reader, &status_json(&outcome, &cmd)).await;
 }
 
 #[cfg(test)]

@@ -8,25 +8,20 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use virtlet_wire::spdy;
 
 use crate::attach::{Streams, accept_streams, channel, end_spdy, has_status};
-use crate::exec::{error_text, status_json};
+use crate::exec::{end_ws, error_text, status_json, ws_frame};
 use crate::server::{BoxFuture, ExecOutcome, ExecOutput};
 
 /// How long a session waits for the client's first window size before the command starts
 /// at 80x24 (client-go sends the size as soon as the streams are up).
 const FIRST_SIZE: Duration = Duration::from_millis(300);
-/// How long the end of a session waits for the client to close the connection itself.
-const LINGER: Duration = Duration::from_secs(2);
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
 /// A command running on a terminal of the VM.
@@ -206,24 +201,13 @@ pub(crate) async fn spdy_exec_tty<T>(
     end_spdy(session, error, &status).await;
 }
 
-pub(crate) async fn ws_exec_tty<T>(
-    io: T,
-    protocol: &str,
-    want: Streams,
-    cmd: Vec<String>,
-    start: Start,
-) where
+pub(crate) async fn ws_exec_tty<T>(io: T, want: Streams, cmd: Vec<String>, start: Start)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _ = protocol;
     let ws = crate::ws::server(io).await;
     let (mut sink, mut reader) = ws.split();
-    let frame = |ch: u8, data: &[u8]| {
-        let mut m = Vec::with_capacity(data.len() + 1);
-        m.push(ch);
-        m.extend_from_slice(data);
-        Message::Binary(Bytes::from(m))
-    };
+    let frame = ws_frame;
     if want.stdout {
         let _ = sink.send(frame(channel::STDOUT, &[])).await;
     }
@@ -291,23 +275,7 @@ pub(crate) async fn ws_exec_tty<T>(
         return;
     }
     let result = outcome(exit.await);
-    let _ = sink
-        .send(frame(channel::ERROR, &status_json(&result, &cmd)))
-        .await;
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        })))
-        .await;
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(m)) = reader.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+    end_ws(&mut sink, &mut reader, &status_json(&result, &cmd)).await;
 }
 
 #[cfg(test)]

@@ -348,7 +348,7 @@ async fn handle(
                     stdin,
                     stdout,
                     stderr,
-                    tty: true,
+                    tty,
                 },
                 _,
             ) => {
@@ -356,48 +356,30 @@ async fn handle(
                     stdin,
                     stdout,
                     stderr,
-                    tty: true,
+                    tty,
                 };
-                let start: crate::exec_tty::Start = {
-                    let (id, cmd) = (container_id.clone(), cmd.clone());
-                    Box::new(move |size| backend.exec_tty(&id, cmd, size))
-                };
-                info!(container = %short(&container_id), %protocol, ?cmd, "exec -t ({over}) started");
-                match wire {
-                    Wire::Spdy => spdy_exec_tty(upgraded, &protocol, want, cmd, start).await,
-                    Wire::WebSocket { .. } => {
-                        ws_exec_tty(upgraded, &protocol, want, cmd, start).await;
+                let what = if tty { "exec -t" } else { "exec" };
+                info!(container = %short(&container_id), %protocol, ?cmd, "{what} ({over}) started");
+                let id = container_id.clone();
+                let (command, spdy) = (cmd.clone(), matches!(wire, Wire::Spdy));
+                if tty {
+                    let start: crate::exec_tty::Start =
+                        Box::new(move |size| backend.exec_tty(&id, command, size));
+                    if spdy {
+                        spdy_exec_tty(upgraded, &protocol, want, cmd, start).await;
+                    } else {
+                        ws_exec_tty(upgraded, want, cmd, start).await;
+                    }
+                } else {
+                    let run: crate::exec::Run =
+                        Box::new(move |input| backend.exec(&id, command, input));
+                    if spdy {
+                        spdy_exec(upgraded, &protocol, want, cmd, run).await;
+                    } else {
+                        ws_exec(upgraded, &protocol, want, cmd, run).await;
                     }
                 }
-                info!(container = %short(&container_id), "exec -t ({over}) ended");
-            }
-            (
-                Request::Exec {
-                    container_id,
-                    cmd,
-                    stdin,
-                    stdout,
-                    stderr,
-                    tty: false,
-                },
-                _,
-            ) => {
-                let want = Streams {
-                    stdin,
-                    stdout,
-                    stderr,
-                    tty: false,
-                };
-                let run: crate::exec::Run = {
-                    let (id, cmd) = (container_id.clone(), cmd.clone());
-                    Box::new(move |input| backend.exec(&id, cmd, input))
-                };
-                info!(container = %short(&container_id), %protocol, ?cmd, "exec ({over}) started");
-                match wire {
-                    Wire::Spdy => spdy_exec(upgraded, &protocol, want, cmd, run).await,
-                    Wire::WebSocket { .. } => ws_exec(upgraded, &protocol, want, cmd, run).await,
-                }
-                info!(container = %short(&container_id), "exec ({over}) ended");
+                info!(container = %short(&container_id), "{what} ({over}) ended");
             }
             (Request::PortForward { sandbox_id, ports }, _) => {
                 info!(sandbox = %short(&sandbox_id), %protocol, "port-forward ({over}) started");

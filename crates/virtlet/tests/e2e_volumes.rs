@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -98,16 +97,9 @@ async fn sh(d: &Daemon, id: &str, script: &str) -> (i32, String) {
 
 fn pod(uid: &str) -> api::PodSandboxConfig {
     api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: uid.into(),
-            uid: uid.into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
         hostname: uid.into(),
         log_directory: format!("/tmp/virtlet-e2e-volumes/{uid}"),
-        annotations: HashMap::new(),
-        ..Default::default()
+        ..common::pod_named(uid)
     }
 }
 
@@ -123,6 +115,17 @@ async fn remove_pod(d: &Daemon, sandbox: &str) {
     })
     .await
     .unwrap();
+}
+
+/// A daemon on libvirtd (which must run) with `extra_env`.
+async fn vm_daemon(extra_env: Vec<(String, String)>) -> Daemon {
+    require_libvirtd();
+    Daemon::start_with(Options {
+        libvirt_uri: "qemu:///system",
+        extra_env,
+        ..Options::default()
+    })
+    .await
 }
 
 /// The ephemeral volume files in a pod's directory.
@@ -147,13 +150,8 @@ fn secrets() -> String {
 /// container. No Ceph cluster runs here, so the VM is defined, not started.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ceph_volume_has_a_secret_as_long_as_its_container() {
-    require_libvirtd();
     let image = tiny_image();
-    let d = Daemon::start_with(Options {
-        libvirt_uri: "qemu:///system",
-        ..Options::default()
-    })
-    .await;
+    let d = vm_daemon(vec![]).await;
     let mut guard = DomainGuard(Vec::new());
     let (_server, name) = serve_and_pull(&d, &image).await;
     let dir = d
@@ -186,13 +184,8 @@ async fn a_ceph_volume_has_a_secret_as_long_as_its_container() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn block_and_flex_volumes_reach_the_guest() {
-    require_libvirtd();
     let image = tiny_image();
-    let d = Daemon::start_with(Options {
-        libvirt_uri: "qemu:///system",
-        ..Options::default()
-    })
-    .await;
+    let d = vm_daemon(vec![]).await;
     let mut guard = DomainGuard(Vec::new());
     let (_server, name) = serve_and_pull(&d, &image).await;
     let work = tempfile::tempdir().unwrap();
@@ -250,13 +243,7 @@ async fn block_and_flex_volumes_reach_the_guest() {
         "one qcow2 volume file in {}",
         pod_dir.display()
     );
-    d.runtime()
-        .await
-        .start_container(api::StartContainerRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap();
+    d.start_container(&c).await;
 
     // The raw volume, mounted read-write, with the host's file.
     let (code, out) = sh(
@@ -315,13 +302,8 @@ async fn block_and_flex_volumes_reach_the_guest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_persistent_root_filesystem_outlives_its_pod() {
-    require_libvirtd();
     let image = tiny_image();
-    let d = Daemon::start_with(Options {
-        libvirt_uri: "qemu:///system",
-        ..Options::default()
-    })
-    .await;
+    let d = vm_daemon(vec![]).await;
     let work = tempfile::tempdir().unwrap();
     let other = variant(&image, work.path(), "other", 9);
     let (_server, name) = serve_and_pull(&d, &image).await;
@@ -346,13 +328,7 @@ async fn a_persistent_root_filesystem_outlives_its_pod() {
         async move {
             let mut guard = DomainGuard(Vec::new());
             let (sandbox, c) = create_vm_pod(d, &mut guard, pod(uid), config).await;
-            d.runtime()
-                .await
-                .start_container(api::StartContainerRequest {
-                    container_id: c.clone(),
-                })
-                .await
-                .unwrap();
+            d.start_container(&c).await;
             (sandbox, c, guard)
         }
     };
@@ -397,44 +373,23 @@ async fn a_persistent_root_filesystem_outlives_its_pod() {
     let small = Loop::new(work.path(), "small", 8 << 20);
     let mut cfg = config(&name);
     cfg.devices[0].host_path = small.dev.clone();
-    let mut rt = d.runtime().await;
-    let s = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(pod("uid-small")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let err = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: s.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod("uid-small")),
-        })
-        .await
-        .unwrap_err();
+    let s = d.run_sandbox(pod("uid-small")).await;
+    let err = d.create(&s, cfg).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains(&small.dev), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn directories_are_shared_over_9p() {
-    require_libvirtd();
     let image = tiny_generic_image();
     let work = tempfile::tempdir().unwrap();
     let host = work.path().join("srv");
     std::fs::create_dir_all(host.join("config")).unwrap();
     std::fs::write(host.join("config/app.conf"), "from a hostPath\n").unwrap();
-    let d = Daemon::start_with(Options {
-        libvirt_uri: "qemu:///system",
-        extra_env: vec![(
-            "VIRTLET_ALLOWED_HOST_PATHS".into(),
-            host.display().to_string(),
-        )],
-        ..Options::default()
-    })
+    let d = vm_daemon(vec![(
+        "VIRTLET_ALLOWED_HOST_PATHS".into(),
+        host.display().to_string(),
+    )])
     .await;
     let mut guard = DomainGuard(Vec::new());
     let (_server, name) = serve_and_pull(&d, &image).await;
@@ -464,13 +419,7 @@ async fn directories_are_shared_over_9p() {
         ..common::vm_container(&name)
     };
     let (_sandbox, c) = create_vm_pod(&d, &mut guard, p, config).await;
-    d.runtime()
-        .await
-        .start_container(api::StartContainerRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap();
+    d.start_container(&c).await;
     let (code, out) = sh(
         &d,
         &c,

@@ -18,18 +18,6 @@ use k8s_cri::v1 as api;
 use tonic::Code;
 use virtlet_testkit::{Route, TestServer, qcow2_image};
 
-fn pod(uid: &str) -> api::PodSandboxConfig {
-    api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: uid.into(),
-            uid: uid.into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -80,15 +68,7 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
     let image = format!("virtlet.cloud/{}", server.location("/vm.qcow2"));
     d.pull(&image).await.unwrap();
     let mut rt = d.runtime().await;
-    let sandbox = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(pod("uid-v")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = d.run_sandbox(common::pod_named("uid-v")).await;
     let config = |mounts: Vec<api::Mount>, devices: Vec<api::Device>| api::ContainerConfig {
         mounts,
         devices,
@@ -180,52 +160,32 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
         ),
     ];
     for (cfg, needles) in cases {
-        let r = rt
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: sandbox.clone(),
-                config: Some(cfg),
-                sandbox_config: None,
-            })
-            .await;
+        let r = d.create(&sandbox, cfg).await;
         assert_status(r, Code::InvalidArgument, &needles);
     }
     let vms = d.dir.path().join("vms");
     assert!(files_under(&vms).is_empty(), "{:?}", files_under(&vms));
 
     // A directory volume goes over 9p (libvirt parses the filesystem device).
-    let id = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(config(
-                vec![api::Mount {
-                    host_path: empty_dir.display().to_string(),
-                    container_path: "/scratch".into(),
-                    ..Default::default()
-                }],
-                vec![],
-            )),
-            sandbox_config: None,
-        })
+    let nine_p = api::Mount {
+        host_path: empty_dir.display().to_string(),
+        container_path: "/scratch".into(),
+        ..Default::default()
+    };
+    let id = d
+        .create(&sandbox, config(vec![nine_p], vec![]))
         .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+        .unwrap();
     rt.remove_container(api::RemoveContainerRequest { container_id: id })
         .await
         .unwrap();
 
     // An ephemeral disk: made with the container, gone with it.
     let scratch = flex(&d, "scratch", r#"{"type":"qcow2","capacity":"64Mi"}"#);
-    let id = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(config(vec![scratch], vec![])),
-            sandbox_config: None,
-        })
+    let id = d
+        .create(&sandbox, config(vec![scratch], vec![]))
         .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+        .unwrap();
     let volume_files = || {
         files_under(&vms)
             .into_iter()
@@ -240,19 +200,16 @@ async fn volumes_are_given_to_the_vm_or_refused_by_name() {
 
     // A volume disk of a container virtlet does not know (removed while it was down) goes
     // at startup; one of a known container stays.
-    let kept = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(config(
+    let kept = d
+        .create(
+            &sandbox,
+            config(
                 vec![flex(&d, "kept", r#"{"type":"qcow2","capacity":"1Mi"}"#)],
                 vec![],
-            )),
-            sandbox_config: None,
-        })
+            ),
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+        .unwrap();
     let stray = vms.join(&sandbox).join("vol-0123456789ab-gone.qcow2");
     std::fs::write(&stray, "").unwrap();
     drop(rt);

@@ -247,6 +247,48 @@ impl Daemon {
         (files, list)
     }
 
+    /// RunPodSandbox of `config`: the sandbox's ID.
+    pub async fn run_sandbox(&self, config: k8s_cri::v1::PodSandboxConfig) -> String {
+        self.runtime()
+            .await
+            .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    /// StartContainer of `id`.
+    pub async fn start_container(&self, id: &str) {
+        self.runtime()
+            .await
+            .start_container(k8s_cri::v1::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// CreateContainer of `config` in `sandbox`: the container's ID.
+    pub async fn create(
+        &self,
+        sandbox: &str,
+        config: k8s_cri::v1::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .create_container(k8s_cri::v1::CreateContainerRequest {
+                pod_sandbox_id: sandbox.into(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
     pub async fn pull(&self, image: &str) -> Result<String, tonic::Status> {
         self.images()
             .await
@@ -347,6 +389,19 @@ pub fn assert_status(
 }
 
 /// The pod's one container, named `vm`, running `image` (attempt 0); callers add the rest.
+/// A pod named `uid` (its UID too) in `default`.
+pub fn pod_named(uid: &str) -> k8s_cri::v1::PodSandboxConfig {
+    k8s_cri::v1::PodSandboxConfig {
+        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+            name: uid.into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn vm_container(image: &str) -> k8s_cri::v1::ContainerConfig {
     k8s_cri::v1::ContainerConfig {
         metadata: Some(k8s_cri::v1::ContainerMetadata {
