@@ -68,7 +68,7 @@ impl Manager {
             ) = (&v.ceph_key, &v.disk.source)
             {
                 let prefix = secret_prefix(container_id);
-                made.push(Made::Secrets(prefix.clone()));
+                made.push(Made::Secrets(container_id.to_owned()));
                 let (lv, uuid, key) = (self.libvirt.clone(), secret_uuid.clone(), key.clone());
                 let usage = format!("{prefix} {image} {}", self.secret_owner());
                 blocking(move || lv.define_ceph_secret(&uuid, &usage, &key))
@@ -90,30 +90,36 @@ impl Manager {
             Made::File(path) => {
                 let _ = std::fs::remove_file(path);
             }
-            Made::Secrets(prefix) => {
-                let lv = self.libvirt.clone();
-                let _ = blocking(move || lv.undefine_secrets(&prefix)).await;
+            Made::Secrets(container_id) => {
+                let _ = self.drop_secrets(&container_id).await;
             }
         }
+    }
+
+    /// Undefines this virtlet's secrets of a container.
+    async fn drop_secrets(&self, container_id: &str) -> Result<()> {
+        let (lv, prefix, owner) = (
+            self.libvirt.clone(),
+            secret_prefix(container_id),
+            self.secret_owner(),
+        );
+        blocking(move || lv.undefine_secrets(&prefix, &owner))
+            .await?
+            .map(|_| ())
+            .map_err(|e| ManagerError::failed(ErrorKind::Internal, "libvirt secrets", e))
     }
 
     /// Removes what a container's volumes left: its ephemeral disk files and its secrets.
     pub(crate) async fn remove_volumes(&self, container_id: &str, pod_dir: &Path) {
         remove_files(pod_dir, &file_prefix(container_id));
-        if self.libvirt.runs_qemu() {
-            let lv = self.libvirt.clone();
-            let prefix = secret_prefix(container_id);
-            match blocking(move || lv.undefine_secrets(&prefix)).await {
-                Ok(Err(e)) => tracing::warn!(
-                    container = container_id,
-                    "cannot remove the container's libvirt secrets: {e}"
-                ),
-                Err(e) => tracing::warn!(
-                    container = container_id,
-                    "cannot remove the container's libvirt secrets: {e}"
-                ),
-                Ok(Ok(_)) => {}
-            }
+        if self.libvirt.runs_qemu()
+            && let Err(e) = self.drop_secrets(container_id).await
+        {
+            tracing::warn!(
+                container = container_id,
+                "cannot remove the container's libvirt secrets: {}",
+                virtlet_core::error::chain(&e)
+            );
         }
     }
 
@@ -182,8 +188,7 @@ impl Manager {
             };
             if !id.is_empty() && !is_known(id) {
                 tracing::info!(secret = %usage, "recovery: removing a libvirt secret of a container virtlet does not know");
-                let (lv, prefix) = (self.libvirt.clone(), secret_prefix(id));
-                let _ = blocking(move || lv.undefine_secrets(&prefix)).await;
+                let _ = self.drop_secrets(id).await;
             }
         }
     }

@@ -147,7 +147,8 @@ fn secrets() -> String {
 }
 
 /// A Ceph volume: its libvirt secret (private, holding the key) lives as long as the
-/// container. No Ceph cluster runs here, so the VM is defined, not started.
+/// container, and startup GC removes only this virtlet's leftovers. No Ceph cluster runs
+/// here, so the VM is defined, not started.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ceph_volume_has_a_secret_as_long_as_its_container() {
     let image = tiny_image();
@@ -174,6 +175,46 @@ async fn a_ceph_volume_has_a_secret_as_long_as_its_container() {
     let (sandbox, c) = create_vm_pod(&d, &mut guard, pod("uid-ceph"), config).await;
     let usage = format!("virtlet-{c} vm-data ({}/vms)", d.dir.path().display());
     assert!(secrets().contains(&usage), "{}", secrets());
+
+    // Startup GC: the secret of a container this virtlet does not know goes, another
+    // virtlet's (another VM dir) and a live container's stay.
+    let define = |uuid: &str, usage: &str| {
+        let xml = d.dir.path().join(format!("{uuid}.xml"));
+        std::fs::write(
+            &xml,
+            format!("<secret ephemeral='no' private='yes'><uuid>{uuid}</uuid><usage type='ceph'><name>{usage}</name></usage></secret>"),
+        )
+        .unwrap();
+        let st = Command::new("virsh")
+            .args(["-c", "qemu:///system", "secret-define"])
+            .arg(&xml)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    };
+    let vms = format!("({}/vms)", d.dir.path().display());
+    let stray = format!("virtlet-0123456789abcdef gone {vms}");
+    let foreign = "virtlet-0123456789abcdef other (/var/lib/another-virtlet/vms)";
+    define("6f1e1c7a-1f0b-4b59-9d55-000000000001", &stray);
+    define("6f1e1c7a-1f0b-4b59-9d55-000000000002", foreign);
+    let mut d = d;
+    d.restart().await;
+    let after = secrets();
+    let _ = Command::new("virsh")
+        .args([
+            "-c",
+            "qemu:///system",
+            "secret-undefine",
+            "6f1e1c7a-1f0b-4b59-9d55-000000000002",
+        ])
+        .output();
+    assert!(!after.contains(&stray), "{after}");
+    assert!(after.contains(foreign) && after.contains(&usage), "{after}");
+
     remove_pod(&d, &sandbox).await;
     assert!(!secrets().contains(&c), "{}", secrets());
     assert_eq!(

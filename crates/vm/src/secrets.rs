@@ -57,12 +57,13 @@ impl Libvirt {
         })
     }
 
-    /// Undefines every secret whose usage name starts with `prefix`; answers how many.
-    pub fn undefine_secrets(&self, prefix: &str) -> Result<usize, DriverError> {
+    /// Undefines every secret whose usage name starts with `prefix` and ends with `suffix`;
+    /// answers how many.
+    pub fn undefine_secrets(&self, prefix: &str, suffix: &str) -> Result<usize, DriverError> {
         self.call("undefine secrets", prefix, |c| {
             let mut n = 0;
             for s in c.list_all_secrets(0 as sys::virConnectListAllSecretsFlags)? {
-                if usage_of(&s).is_some_and(|u| u.starts_with(prefix)) {
+                if usage_of(&s).is_some_and(|u| u.starts_with(prefix) && u.ends_with(suffix)) {
                     s.undefine()?;
                     n += 1;
                 }
