@@ -6,6 +6,7 @@ mod convert;
 mod image;
 mod listing;
 mod metrics;
+pub mod router;
 mod runtime;
 pub mod serve;
 mod service;
@@ -14,6 +15,7 @@ pub mod stream;
 mod streaming;
 
 pub use image::ImageServer;
+pub use router::{ImageRouter, Remote};
 pub use runtime::RuntimeServer;
 pub use service::RuntimeService;
 pub use status::image_error_status;

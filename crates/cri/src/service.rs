@@ -1,6 +1,8 @@
 //! The RuntimeService as it is served: the generated tonic service, except that the two
 //! calls the kubelet makes every second on every node, ListContainers and ListPodSandbox,
-//! answer with bytes written straight from the records ([`crate::listing`]).
+//! answer with bytes written straight from the records ([`crate::listing`]). On a node shared
+//! with containerd ([`crate::router`]) containerd's encoded answer follows virtlet's: both
+//! are `repeated` entries of field 1, so the concatenation is the merged list.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::RuntimeServer;
 use crate::listing::PreEncodedCodec;
+use crate::router::{Remote, Router};
 
 const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
 const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
@@ -26,9 +29,17 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// `runtime.v1.RuntimeService` for [`tonic::transport::Server::add_service`].
 #[derive(Clone)]
 pub struct RuntimeService {
-    generated: RuntimeServiceServer<RuntimeServer>,
+    generated: Generated,
     server: Arc<RuntimeServer>,
+    /// containerd, on a node shared with it.
+    remote: Option<Arc<Remote>>,
     max_message: usize,
+}
+
+#[derive(Clone)]
+enum Generated {
+    Local(RuntimeServiceServer<RuntimeServer>),
+    Routed(RuntimeServiceServer<Router>),
 }
 
 impl RuntimeService {
@@ -36,10 +47,35 @@ impl RuntimeService {
     pub fn new(server: RuntimeServer, max_message: usize) -> RuntimeService {
         let server = Arc::new(server);
         RuntimeService {
-            generated: RuntimeServiceServer::from_arc(server.clone())
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+            generated: Generated::Local(
+                RuntimeServiceServer::from_arc(server.clone())
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            ),
             server,
+            remote: None,
+            max_message,
+        }
+    }
+
+    /// Serves VM pods from `server` and every other pod from `remote` (containerd); `handler`
+    /// is the RuntimeClass handler of VM pods.
+    pub fn routed(
+        server: RuntimeServer,
+        remote: Arc<Remote>,
+        handler: String,
+        max_message: usize,
+    ) -> RuntimeService {
+        let server = Arc::new(server);
+        let router = Router::new(server.clone(), remote.clone(), handler);
+        RuntimeService {
+            generated: Generated::Routed(
+                RuntimeServiceServer::new(router)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            ),
+            server,
+            remote: Some(remote),
             max_message,
         }
     }
@@ -67,20 +103,45 @@ impl tower::Service<http::Request<Body>> for RuntimeService {
         match req.uri().path() {
             LIST_CONTAINERS => {
                 let mut grpc = self.grpc::<api::ListContainersRequest>();
-                let method = ListContainers(self.server.clone());
+                let method = ListContainers(self.server.clone(), self.remote.clone());
                 Box::pin(async move { Ok(grpc.unary(method, req).await) })
             }
             LIST_POD_SANDBOX => {
                 let mut grpc = self.grpc::<api::ListPodSandboxRequest>();
-                let method = ListPodSandbox(self.server.clone());
+                let method = ListPodSandbox(self.server.clone(), self.remote.clone());
                 Box::pin(async move { Ok(grpc.unary(method, req).await) })
             }
-            _ => tower::Service::call(&mut self.generated, req),
+            _ => match &mut self.generated {
+                Generated::Local(g) => tower::Service::call(g, req),
+                Generated::Routed(g) => tower::Service::call(g, req),
+            },
         }
     }
 }
 
-struct ListContainers(Arc<RuntimeServer>);
+/// virtlet's encoded answer, then containerd's (when it is shared with and answers).
+async fn with_remote<Req: prost::Message + Send + Sync + 'static>(
+    ours: Bytes,
+    remote: Option<Arc<Remote>>,
+    path: &'static str,
+    request: Req,
+) -> Bytes {
+    let Some(remote) = remote else {
+        return ours;
+    };
+    match remote.raw(path, request).await {
+        Ok(theirs) if ours.is_empty() => theirs,
+        Ok(theirs) => {
+            let mut both = bytes::BytesMut::with_capacity(ours.len() + theirs.len());
+            both.extend_from_slice(&ours);
+            both.extend_from_slice(&theirs);
+            both.freeze()
+        }
+        Err(_) => ours,
+    }
+}
+
+struct ListContainers(Arc<RuntimeServer>, Option<Arc<Remote>>);
 
 impl UnaryService<api::ListContainersRequest> for ListContainers {
     type Response = Bytes;
@@ -88,16 +149,18 @@ impl UnaryService<api::ListContainersRequest> for ListContainers {
 
     fn call(&mut self, request: Request<api::ListContainersRequest>) -> Self::Future {
         let server = self.0.clone();
+        let remote = self.1.clone();
         Box::pin(async move {
-            let filter = request.into_inner().filter;
+            let request = request.into_inner();
+            let ours = server.list_containers_encoded(request.filter.as_ref());
             Ok(Response::new(
-                server.list_containers_encoded(filter.as_ref()),
+                with_remote(ours, remote, LIST_CONTAINERS, request).await,
             ))
         })
     }
 }
 
-struct ListPodSandbox(Arc<RuntimeServer>);
+struct ListPodSandbox(Arc<RuntimeServer>, Option<Arc<Remote>>);
 
 impl UnaryService<api::ListPodSandboxRequest> for ListPodSandbox {
     type Response = Bytes;
@@ -105,10 +168,12 @@ impl UnaryService<api::ListPodSandboxRequest> for ListPodSandbox {
 
     fn call(&mut self, request: Request<api::ListPodSandboxRequest>) -> Self::Future {
         let server = self.0.clone();
+        let remote = self.1.clone();
         Box::pin(async move {
-            let filter = request.into_inner().filter;
+            let request = request.into_inner();
+            let ours = server.list_pod_sandbox_encoded(request.filter.as_ref());
             Ok(Response::new(
-                server.list_pod_sandbox_encoded(filter.as_ref()),
+                with_remote(ours, remote, LIST_POD_SANDBOX, request).await,
             ))
         })
     }

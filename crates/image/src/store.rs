@@ -25,7 +25,7 @@ use crate::download::{DownloadError, download};
 use crate::error::{ImageError, PullCause};
 use crate::fetch::{self, location_url};
 use crate::format;
-use crate::reference::{ImageQuery, ImageRef, parse_key};
+use crate::reference::{ImageQuery, ImageRef, VIRTLET_PREFIX, parse_key};
 use crate::translation::Translations;
 
 /// Settings of the image store.
@@ -402,6 +402,19 @@ impl ImageStore {
         match filter {
             None => Ok(self.group(self.meta.images()?)),
             Some(f) => Ok(self.status(f)?.into_iter().collect()),
+        }
+    }
+
+    /// Whether `name` is a VM image, for a node that shares the kubelet with a container
+    /// runtime: a `virtlet.cloud/` name, a name a translation config matches, or an image (by
+    /// name or ID) this store holds.
+    pub fn serves(&self, name: &str) -> bool {
+        if name.starts_with(VIRTLET_PREFIX) || matches!(self.status(name), Ok(Some(_))) {
+            return true;
+        }
+        match ImageRef::parse(name) {
+            Ok(r) => Translations::load_dir(&self.config.translations_dir).matches(r.location()),
+            Err(_) => false,
         }
     }
 

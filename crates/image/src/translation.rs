@@ -190,6 +190,22 @@ impl Translations {
     /// regexps; within each kind, configs are tried in file-name order. No match: the name
     /// itself is the location, with default transport settings.
     pub fn translate(&self, name: &str) -> Endpoint {
+        self.find(name).unwrap_or_else(|| Endpoint {
+            url: name.to_owned(),
+            transport: Transport {
+                max_redirects: DEFAULT_MAX_REDIRECTS,
+                ..Transport::default()
+            },
+            config: None,
+        })
+    }
+
+    /// Whether a config names `name` (exactly or by a regexp).
+    pub fn matches(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    fn find(&self, name: &str) -> Option<Endpoint> {
         let unprefixed = |c: &LoadedConfig| -> Option<String> {
             if c.config.prefix.is_empty() {
                 Some(name.to_owned())
@@ -206,7 +222,7 @@ impl Translations {
                 .iter()
                 .find(|r| r.name.as_deref() == Some(local.as_str()))
             {
-                return endpoint(c, rule, rule.url.clone());
+                return Some(endpoint(c, rule, rule.url.clone()));
             }
         }
         for c in &self.configs {
@@ -216,18 +232,11 @@ impl Translations {
                 if let Some(caps) = re.captures(&local) {
                     let mut url = String::new();
                     caps.expand(&rule.url, &mut url);
-                    return endpoint(c, rule, url);
+                    return Some(endpoint(c, rule, url));
                 }
             }
         }
-        Endpoint {
-            url: name.to_owned(),
-            transport: Transport {
-                max_redirects: DEFAULT_MAX_REDIRECTS,
-                ..Transport::default()
-            },
-            config: None,
-        }
+        None
     }
 }
 

@@ -75,3 +75,48 @@ async fn re_pulling_a_changed_image_drops_the_old_data() {
     assert!(store.blob_path(&second.digest).exists());
     assert_eq!(store.list(None).unwrap().len(), 1);
 }
+
+/// On a node shared with containerd, image calls are routed by whether the store serves a name.
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_prefixed_translated_and_held_images_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let file = dir.path().join("disk.qcow2");
+    std::fs::write(&file, qcow2_image("8M").unwrap()).unwrap();
+    std::fs::create_dir_all(dir.path().join("translations")).unwrap();
+    std::fs::write(
+        dir.path().join("translations/critest.yaml"),
+        format!(
+            "translations:\n- name: registry.k8s.io/e2e-test-images/busybox\n  url: file://{}\n- regexp: '^example\\.com/vm-(.*)$'\n  url: file://{}\n",
+            file.display(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    assert!(store.serves("virtlet.cloud/cirros"), "the prefix");
+    assert!(
+        store.serves("registry.k8s.io/e2e-test-images/busybox:1.36.1-1"),
+        "an exact name"
+    );
+    assert!(store.serves("example.com/vm-anything:v2"), "a regexp");
+    assert!(
+        !store.serves("docker.io/library/busybox:local"),
+        "a container image"
+    );
+    assert!(!store.serves("registry.k8s.io/pause:3.6"));
+    assert!(!store.serves(""), "nothing");
+
+    let pulled = store
+        .pull("registry.k8s.io/e2e-test-images/busybox:1.36.1-1")
+        .await
+        .unwrap();
+    assert!(
+        store.serves(&pulled.image_ref),
+        "a held image by its reference"
+    );
+    std::fs::remove_dir_all(dir.path().join("translations")).unwrap();
+    assert!(
+        store.serves("registry.k8s.io/e2e-test-images/busybox:1.36.1-1"),
+        "a held image after its translation went away"
+    );
+}

@@ -90,6 +90,16 @@ impl Records {
         read(&self.sandboxes).get(id).cloned()
     }
 
+    /// Whether a sandbox `id` exists in any state.
+    pub fn has_sandbox(&self, id: &str) -> bool {
+        read(&self.sandboxes).contains_key(id)
+    }
+
+    /// Whether a container `id` exists in any state.
+    pub fn has_container(&self, id: &str) -> bool {
+        read(&self.containers).contains_key(id)
+    }
+
     /// A container by ID in any state.
     pub fn container_any(&self, id: &str) -> Option<ContainerRecord> {
         read(&self.containers).get(id).cloned()

@@ -188,6 +188,17 @@ impl Manager {
         self.records.sandbox(id)
     }
 
+    /// Whether this virtlet has a sandbox `id`, in any state: on a node shared with another
+    /// runtime, calls about other IDs go there.
+    pub fn owns_sandbox(&self, id: &str) -> bool {
+        self.records.has_sandbox(id)
+    }
+
+    /// Whether this virtlet has a container `id`, in any state.
+    pub fn owns_container(&self, id: &str) -> bool {
+        self.records.has_container(id)
+    }
+
     pub fn list_sandboxes(&self, filter: Option<&PodSandboxFilter>) -> Vec<SandboxRecord> {
         self.map_sandboxes(filter, SandboxRecord::clone)
     }

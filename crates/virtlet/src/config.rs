@@ -160,6 +160,25 @@ pub const SETTINGS: &[Setting] = &[
         "the emulator libvirt runs (default: vmwrapper next to the virtlet binary)",
     ),
     s(
+        "containerd-socket",
+        "VIRTLET_CONTAINERD_SOCKET",
+        "",
+        "containerd's CRI socket: pods that are not VM pods, and every call about them, go there (empty: virtlet runs VM pods only)",
+    ),
+    s(
+        "runtime-handler",
+        "VIRTLET_RUNTIME_HANDLER",
+        "virtlet",
+        "the RuntimeClass handler of VM pods when containerd shares the node (pods with the kubernetes.io/target-runtime: virtlet.cloud annotation are VM pods too)",
+    ),
+    Setting {
+        flag: "wait-for-lock",
+        env: "VIRTLET_WAIT_FOR_LOCK",
+        default: "false",
+        help: "when another virtlet serves the socket, wait until it exits and take over (a DaemonSet's rolling update) instead of failing",
+        is_switch: true,
+    },
+    s(
         "qemu",
         "VIRTLET_QEMU",
         "/usr/bin/qemu-system-x86_64",
@@ -193,6 +212,12 @@ pub struct Config {
     pub netns_dir: PathBuf,
     pub vmwrapper: Option<PathBuf>,
     pub qemu: PathBuf,
+    /// containerd's CRI socket, when containerd shares the node.
+    pub containerd_socket: Option<PathBuf>,
+    /// The RuntimeClass handler of VM pods.
+    pub runtime_handler: String,
+    /// Wait for another virtlet on the socket to exit instead of failing.
+    pub wait_for_lock: bool,
     /// Effective value of every setting, by env name, for `--dump-config`.
     pub values: BTreeMap<&'static str, String>,
 }
@@ -307,12 +332,27 @@ impl Config {
                 "must be a libvirt URI such as qemu:///system",
             ));
         }
-        let kvm = get("VIRTLET_DISABLE_KVM");
-        let disable_kvm = match kvm.to_ascii_lowercase().as_str() {
-            "" | "0" | "false" | "no" | "off" => false,
-            "1" | "true" | "yes" | "on" => true,
-            _ => return Err(bad("VIRTLET_DISABLE_KVM", &kvm, "must be true or false")),
+        let switch = |env: &str| -> Result<bool, ConfigError> {
+            let v = get(env);
+            match v.to_ascii_lowercase().as_str() {
+                "" | "0" | "false" | "no" | "off" => Ok(false),
+                "1" | "true" | "yes" | "on" => Ok(true),
+                _ => Err(bad(env, &v, "must be true or false")),
+            }
         };
+        let disable_kvm = switch("VIRTLET_DISABLE_KVM")?;
+        let runtime_handler = get("VIRTLET_RUNTIME_HANDLER");
+        if runtime_handler.is_empty()
+            || !runtime_handler
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        {
+            return Err(bad(
+                "VIRTLET_RUNTIME_HANDLER",
+                &runtime_handler,
+                "must be a RuntimeClass handler name (letters, digits, '-', '.', '_'; not empty: the empty handler is containerd's default)",
+            ));
+        }
         let cni_bin = get("VIRTLET_CNI_PLUGIN_DIR");
         let cni_bin_dirs: Vec<PathBuf> = cni_bin
             .split(':')
@@ -418,6 +458,12 @@ impl Config {
                 _ => Some(abs("VIRTLET_VMWRAPPER")?),
             },
             qemu: abs("VIRTLET_QEMU")?,
+            containerd_socket: match get("VIRTLET_CONTAINERD_SOCKET") {
+                v if v.is_empty() => None,
+                _ => Some(abs("VIRTLET_CONTAINERD_SOCKET")?),
+            },
+            runtime_handler,
+            wait_for_lock: switch("VIRTLET_WAIT_FOR_LOCK")?,
             values,
         })
     }
@@ -477,6 +523,19 @@ mod tests {
         assert_eq!(c.raw_devices, ["loop*"]);
         assert_eq!(c.cpu_model, "");
         assert_eq!(c.log_level, 0);
+        assert_eq!(c.containerd_socket, None);
+        assert_eq!(c.runtime_handler, "virtlet");
+        assert!(!c.wait_for_lock);
+        let c = run(
+            &["--containerd-socket", "/run/containerd/containerd.sock"],
+            &[("VIRTLET_WAIT_FOR_LOCK", "true")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.containerd_socket,
+            Some(PathBuf::from("/run/containerd/containerd.sock"))
+        );
+        assert!(c.wait_for_lock);
     }
 
     #[test]
@@ -531,6 +590,21 @@ mod tests {
                 "VIRTLET_CPU_MODEL=\"Haswell\"",
             ),
             (vec!["--v", "x"], vec![], "VIRTLET_LOGLEVEL=\"x\""),
+            (
+                vec!["--containerd-socket", "containerd.sock"],
+                vec![],
+                "--containerd-socket / VIRTLET_CONTAINERD_SOCKET=\"containerd.sock\"",
+            ),
+            (
+                vec!["--runtime-handler", ""],
+                vec![],
+                "VIRTLET_RUNTIME_HANDLER=\"\"",
+            ),
+            (
+                vec![],
+                vec![("VIRTLET_WAIT_FOR_LOCK", "later")],
+                "VIRTLET_WAIT_FOR_LOCK=\"later\"",
+            ),
             (
                 vec!["--raw-devices", "/dev/sda"],
                 vec![],

@@ -11,7 +11,7 @@ use tokio::net::UnixListener;
 use tracing::info;
 use virtlet_core::annotations::CpuModel;
 use virtlet_core::vmspec::DomainType;
-use virtlet_cri::{ImageServer, RuntimeServer, RuntimeService};
+use virtlet_cri::{ImageRouter, ImageServer, Remote, RuntimeServer, RuntimeService};
 use virtlet_image::{ImageStore, ImageStoreConfig};
 use virtlet_manager::{Manager, ManagerConfig};
 use virtlet_store::{Store, StoreError};
@@ -35,8 +35,10 @@ fn ensure_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Holds `<socket>.lock` for the daemon's life: a second daemon on the same socket stops here.
-fn lock_socket(socket: &Path) -> Result<File> {
+/// Holds `<socket>.lock` for the daemon's life: a second daemon on the same socket stops here,
+/// or with `wait` waits until the first one exits (a DaemonSet's rolling update with surge:
+/// the new virtlet takes over when the old one is gone).
+async fn lock_socket(socket: &Path, wait: bool) -> Result<File> {
     let lock_path = PathBuf::from(format!("{}.lock", socket.display()));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -46,6 +48,15 @@ fn lock_socket(socket: &Path) -> Result<File> {
         .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) if wait => {
+            info!(lock = %lock_path.display(), "another virtlet serves this socket: waiting for it to exit (--wait-for-lock)");
+            let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                .await
+                .context("the lock-waiting task failed")?
+                .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            info!("the other virtlet exited: taking over");
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => bail!(
             "another virtlet is already serving {} (it holds {}); stop it first",
             socket.display(),
@@ -91,7 +102,7 @@ async fn shutdown_signal() {
 
 pub async fn run(config: Config) -> Result<()> {
     ensure_parent(&config.listen)?;
-    let _lock = lock_socket(&config.listen)?;
+    let _lock = lock_socket(&config.listen, config.wait_for_lock).await?;
     ensure_parent(&config.database_path)?;
     let store = match Store::open(&config.database_path) {
         Ok(s) => Arc::new(s),
@@ -199,20 +210,40 @@ pub async fn run(config: Config) -> Result<()> {
             config.stream_address, config.stream_port
         )
     })?;
-    let runtime = RuntimeService::new(
-        RuntimeServer::new(env!("CARGO_PKG_VERSION"), manager, accel)
-            .with_streaming(Arc::new(streams)),
-        MAX_MESSAGE,
-    );
-    let image = ImageServiceServer::new(ImageServer::new(images))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let server = RuntimeServer::new(env!("CARGO_PKG_VERSION"), manager, accel)
+        .with_streaming(Arc::new(streams));
+    let routes = tonic::service::Routes::new(health_service);
+    let routes = match &config.containerd_socket {
+        None => routes
+            .add_service(RuntimeService::new(server, MAX_MESSAGE))
+            .add_service(
+                ImageServiceServer::new(ImageServer::new(images))
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            ),
+        Some(socket) => {
+            let remote = Arc::new(
+                Remote::new(socket, MAX_MESSAGE)
+                    .with_context(|| format!("--containerd-socket {}", socket.display()))?,
+            );
+            info!(containerd = %socket.display(), handler = %config.runtime_handler, "sharing the node with containerd: VM pods are those with RuntimeClass handler {:?} or the kubernetes.io/target-runtime: virtlet.cloud annotation; every other pod goes to containerd", config.runtime_handler);
+            routes
+                .add_service(RuntimeService::routed(
+                    server,
+                    remote.clone(),
+                    config.runtime_handler.clone(),
+                    MAX_MESSAGE,
+                ))
+                .add_service(
+                    ImageServiceServer::new(ImageRouter::new(images, remote))
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                )
+        }
+    };
 
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), version = env!("CARGO_PKG_VERSION"), "virtlet is serving CRI");
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(runtime)
-        .add_service(image);
     let served = virtlet_cri::serve::serve(
         listener,
         routes,

@@ -1,0 +1,183 @@
+//! The container runtime virtlet shares the node with (containerd): a lazily connected gRPC
+//! channel on its CRI socket, its answers passed through, and one place that turns "cannot
+//! reach it" into UNAVAILABLE naming the socket.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::uri::PathAndQuery;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::{info, warn};
+
+/// containerd's CRI socket and a channel to it.
+pub struct Remote {
+    socket: PathBuf,
+    channel: Channel,
+    max_message: usize,
+    /// Whether the last call found it unreachable (to log changes once, not every call).
+    down: AtomicBool,
+}
+
+impl Remote {
+    /// A channel to `socket` that connects on first use and again after containerd restarts.
+    pub fn new(socket: &Path, max_message: usize) -> Result<Remote, tonic::transport::Error> {
+        let path = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://[::]:50051")?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }));
+        Ok(Remote {
+            socket: socket.to_path_buf(),
+            channel,
+            max_message,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    pub fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    /// Passes an answer through, noting whether containerd could be reached. A failure to
+    /// reach it becomes UNAVAILABLE naming the socket; containerd's own errors stay as they are.
+    pub fn answer<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
+        match result {
+            Err(s) if unreachable(&s) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    warn!(socket = %self.socket.display(), error = %s.message(), "containerd is not reachable: calls for container pods fail until it is back; VM pods keep working");
+                }
+                Err(Status::unavailable(format!(
+                    "containerd (--containerd-socket {}) is not reachable: {}",
+                    self.socket.display(),
+                    s.message()
+                )))
+            }
+            other => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    info!(socket = %self.socket.display(), "containerd is reachable again");
+                }
+                other
+            }
+        }
+    }
+
+    /// A unary call whose answer is kept encoded (List calls are merged as bytes).
+    pub async fn raw<Req>(&self, path: &'static str, request: Req) -> Result<Bytes, Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
+        let result = async {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.unary(
+                Request::new(request),
+                PathAndQuery::from_static(path),
+                RawReplyCodec::<Req>(PhantomData),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+        }
+        .await;
+        self.answer(result)
+    }
+}
+
+/// Whether a status means the call never reached containerd.
+fn unreachable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable => true,
+        Code::Unknown => s.message().contains("transport error"),
+        _ => false,
+    }
+}
+
+/// Requests encoded with prost; answers kept as their encoded bytes.
+struct RawReplyCodec<Req>(PhantomData<fn() -> Req>);
+
+impl<Req: prost::Message + Send + 'static> Codec for RawReplyCodec<Req> {
+    type Encode = Req;
+    type Decode = Bytes;
+    type Encoder = tonic_prost::ProstEncoder<Req>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_statuses() {
+        assert!(unreachable(&Status::unavailable("connection refused")));
+        assert!(unreachable(&Status::unknown("transport error")));
+        assert!(!unreachable(&Status::unknown("runc failed")));
+        assert!(!unreachable(&Status::not_found("no such container")));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unavailable_and_named() {
+        let dir = std::env::temp_dir().join(format!("virtlet-remote-{}", std::process::id()));
+        let remote = Remote::new(&dir.join("containerd.sock"), 1 << 20).unwrap_or_else(|e| {
+            panic!("channel: {e}");
+        });
+        let err = remote
+            .answer(
+                remote
+                    .runtime()
+                    .version(k8s_cri::v1::VersionRequest::default())
+                    .await,
+            )
+            .err()
+            .map(|s| (s.code(), s.message().to_owned()));
+        let (code, message) = err.unwrap_or_else(|| panic!("a call to a missing socket worked"));
+        assert_eq!(code, Code::Unavailable);
+        assert!(message.contains("containerd.sock"), "{message}");
+    }
+}
