@@ -120,7 +120,7 @@ impl tower::Service<http::Request<Body>> for RuntimeService {
 }
 
 /// virtlet's encoded answer, then containerd's (when it is shared with and answers).
-async fn with_remote<Req: prost::Message + Send + Sync + 'static>(
+async fn with_remote<Req: prost::Message + Clone + Send + Sync + 'static>(
     ours: Bytes,
     remote: Option<Arc<Remote>>,
     path: &'static str,

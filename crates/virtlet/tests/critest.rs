@@ -11,10 +11,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use common::cni::TestNet;
-use common::tools::tool;
+use common::critest;
 use common::vm::{repo_root, require_libvirtd, tiny_image, variant};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer};
@@ -108,7 +107,6 @@ fn conformance_page_matches_the_list() {
 #[tokio::test(flavor = "multi_thread")]
 async fn critest_groups_for_vm_pods() {
     require_libvirtd();
-    let critest = tool("critest");
     let tiny = tiny_image();
     let base = tiny.with_file_name("tiny-container.qcow2");
     assert!(
@@ -146,78 +144,38 @@ async fn critest_groups_for_vm_pods() {
     d.write_translation("critest.yaml", &yaml);
 
     // critest itself.
-    let config = work.join("crictl.yaml");
-    std::fs::write(&config, "").unwrap();
-    let report = work.join("report.json");
     let endpoint = format!("unix://{}", d.socket.display());
-    let out = Command::new(&critest)
-        .current_dir(&work)
-        .arg("-config")
-        .arg(&config)
-        .args(["-runtime-endpoint", &endpoint, "-image-endpoint", &endpoint])
-        .args(["-ginkgo.no-color", "-ginkgo.timeout", "40m"])
-        .arg("-ginkgo.json-report")
-        .arg(&report)
-        .args(["-ginkgo.focus", FOCUS])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).into_owned();
-    // critest's whole output, for reading a failure after the run.
-    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("critest-output.log");
-    let _ = std::fs::write(&kept, &log);
-    eprintln!("critest's output: {}", kept.display());
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report)
-            .unwrap_or_else(|e| panic!("critest wrote no report ({e}); it said:\n{log}")),
-    )
-    .unwrap();
+    let (specs, log) = critest::run(&endpoint, &work, FOCUS, &[]);
+    eprintln!(
+        "critest's output: {}",
+        work.join("critest-output.log").display()
+    );
 
     // Compare every spec with the list.
     let expected = expectations();
     let mut problems = Vec::new();
-    let mut seen = Vec::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for s in report[0]["SpecReports"].as_array().unwrap() {
-        if s["LeafNodeType"] != "It" {
-            continue;
-        }
-        let state = s["State"].as_str().unwrap_or("");
-        let skipped_by_focus = state == "skipped" && s["Failure"].is_null();
-        if skipped_by_focus {
-            continue;
-        }
-        let path: Vec<&str> = s["ContainerHierarchyTexts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
-        let name = format!(
-            "{} :: {}",
-            path.join(" | "),
-            s["LeafNodeText"].as_str().unwrap()
-        );
-        let got = match state {
-            "passed" => "pass",
-            "skipped" => "skip",
-            _ => "fail",
-        };
-        *counts.entry(got.to_owned()).or_default() += 1;
-        seen.push(name.clone());
-        let failure = s["Failure"]["Message"].as_str().unwrap_or("");
-        match expected.get(&name) {
+    for (name, got) in &specs {
+        *counts.entry(got.result.to_owned()).or_default() += 1;
+        match expected.get(name) {
             None => problems.push(format!(
-                "{name}: {got}, and not in critest.tsv (add it with its result)"
+                "{name}: {}, and not in critest.tsv (add it with its result)",
+                got.result
             )),
-            Some(e) if e.result != got => problems.push(format!(
-                "{name}: expected {}, got {got}{}",
+            Some(e) if e.result != got.result => problems.push(format!(
+                "{name}: expected {}, got {}{}",
                 e.result,
-                if failure.is_empty() {
+                got.result,
+                if got.failure.is_empty() {
                     String::new()
                 } else {
                     format!(
                         ":\n    {}",
-                        failure.lines().take(6).collect::<Vec<_>>().join("\n    ")
+                        got.failure
+                            .lines()
+                            .take(6)
+                            .collect::<Vec<_>>()
+                            .join("\n    ")
                     )
                 }
             )),
@@ -225,7 +183,7 @@ async fn critest_groups_for_vm_pods() {
         }
     }
     for name in expected.keys() {
-        if !seen.contains(name) {
+        if !specs.contains_key(name) {
             problems.push(format!("{name}: in critest.tsv but critest did not run it"));
         }
     }
@@ -234,13 +192,6 @@ async fn critest_groups_for_vm_pods() {
         problems.is_empty(),
         "critest differs from tests/conformance/critest.tsv:\n{}\n\ncritest's output (end):\n{}",
         problems.join("\n"),
-        log.lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        critest::tail(&log, 60)
     );
 }

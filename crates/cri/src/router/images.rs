@@ -56,7 +56,8 @@ impl ImageService for ImageRouter {
         let mut images = self.local.list_images(req).await?.into_inner().images;
         if let Ok(r) = self
             .remote
-            .answer(self.remote.images().list_images(theirs).await)
+            .read(|| async { self.remote.images().list_images(theirs.clone()).await })
+            .await
         {
             images.extend(r.into_inner().images);
         }
@@ -103,11 +104,12 @@ impl ImageService for ImageRouter {
         &self,
         req: Request<api::ImageFsInfoRequest>,
     ) -> Answer<api::ImageFsInfoResponse> {
-        let theirs = req.get_ref().clone();
+        let theirs = *req.get_ref();
         let ours = self.local.image_fs_info(req).await?.into_inner();
         match self
             .remote
-            .answer(self.remote.images().image_fs_info(theirs).await)
+            .read(|| async { self.remote.images().image_fs_info(theirs).await })
+            .await
         {
             Ok(r) => Ok(Response::new(merge::image_fs(ours, r.into_inner()))),
             Err(_) => Ok(Response::new(ours)),

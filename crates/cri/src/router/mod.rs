@@ -101,7 +101,8 @@ macro_rules! list_both {
         let ours = $self.local.$method($req).await?.into_inner().$field;
         let remote = $self
             .remote
-            .answer($self.remote.runtime().$method(theirs).await)
+            .read(|| async { $self.remote.runtime().$method(theirs.clone()).await })
+            .await
             .map(|r| r.into_inner().$field);
         Ok(Response::new(api::$resp {
             $field: Router::both(ours, remote),
@@ -306,12 +307,13 @@ impl RuntimeService for Router {
     }
 
     async fn status(&self, req: Request<api::StatusRequest>) -> Answer<api::StatusResponse> {
-        let theirs = req.get_ref().clone();
-        let mut client = self.remote.runtime();
-        let (ours, remote) = tokio::join!(self.local.status(req), client.status(theirs));
-        let remote = self
-            .remote
-            .answer(remote)
+        let theirs = *req.get_ref();
+        let (ours, remote) = tokio::join!(
+            self.local.status(req),
+            self.remote
+                .read(|| async { self.remote.runtime().status(theirs).await })
+        );
+        let remote = remote
             .map(Response::into_inner)
             .map_err(|s| s.message().to_owned());
         Ok(Response::new(merge::status(

@@ -2,6 +2,7 @@
 //! channel on its CRI socket, its answers passed through, and one place that turns "cannot
 //! reach it" into UNAVAILABLE naming the socket.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,28 +87,43 @@ impl Remote {
         }
     }
 
-    /// A unary call whose answer is kept encoded (List calls are merged as bytes).
+    /// A call that only reads, tried a second time when containerd was not reached: the
+    /// first call after containerd restarted finds the old connection gone.
+    pub async fn read<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        match call().await {
+            Err(s) if unreachable(&s) => self.answer(call().await),
+            other => self.answer(other),
+        }
+    }
+
+    /// A unary call that only reads, its answer kept encoded (List calls are merged as bytes).
     pub async fn raw<Req>(&self, path: &'static str, request: Req) -> Result<Bytes, Status>
     where
-        Req: prost::Message + Send + Sync + 'static,
+        Req: prost::Message + Clone + Send + Sync + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
-            .max_decoding_message_size(self.max_message)
-            .max_encoding_message_size(self.max_message);
-        let result = async {
-            grpc.ready()
+        self.read(|| {
+            let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+                .max_decoding_message_size(self.max_message)
+                .max_encoding_message_size(self.max_message);
+            let request = request.clone();
+            async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                grpc.unary(
+                    Request::new(request),
+                    PathAndQuery::from_static(path),
+                    RawReplyCodec::<Req>(PhantomData),
+                )
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            grpc.unary(
-                Request::new(request),
-                PathAndQuery::from_static(path),
-                RawReplyCodec::<Req>(PhantomData),
-            )
-            .await
-            .map(tonic::Response::into_inner)
-        }
-        .await;
-        self.answer(result)
+                .map(tonic::Response::into_inner)
+            }
+        })
+        .await
     }
 }
 

@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 
 pub mod background;
 pub mod cni;
+pub mod containerd;
+pub mod critest;
 pub mod kubelet;
 pub mod tools;
 pub mod vm;
