@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 mod baseline;
 mod cri;
+mod forward;
 mod volumes;
 
 use baseline::*;
@@ -109,6 +110,17 @@ enum Cmd {
         /// The daemon's --kubelet-root-dir (where the volumes are laid out).
         #[arg(long)]
         kubelet_root: PathBuf,
+    },
+    /// CRI calls about container pods through virtlet (forwarded to containerd) vs against
+    /// containerd directly; `--image` is the container image.
+    Forward {
+        /// containerd's CRI socket.
+        #[arg(long)]
+        direct: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+        #[arg(long, default_value_t = 500)]
+        calls: usize,
     },
     /// Full pod lifecycles one after another; first vs last durations, and leaks afterwards.
     Steady {
@@ -342,6 +354,11 @@ async fn main() -> Result<()> {
         Cmd::Volumes { runs, kubelet_root } => {
             volumes::run(&mut cri, &cli.image, &cli.work, &kubelet_root, runs).await?
         }
+        Cmd::Forward {
+            direct,
+            pods,
+            calls,
+        } => forward::run(&mut cri, &direct, &cli.image, &cli.work, pods, calls).await?,
         Cmd::Exec { calls, probes, pid } => {
             let name = "exec0";
             let (pod, c) = cri.pod(name, &cli.image, &logs.join(name), true).await?;
