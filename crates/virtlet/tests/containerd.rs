@@ -92,7 +92,7 @@ async fn container_and_vm_pods_share_one_socket() {
     require_libvirtd();
     let scratch = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr1", "10.99.41.0/24");
-    let net = TestNet::new(47);
+    let net = TestNet::new(51);
     let (d, _server) = daemon(&net, &ctrd).await;
     let mut guard = DomainGuard(Vec::new());
     let c = Crictl::new(&d.socket, d.dir.path());
@@ -239,6 +239,33 @@ async fn container_and_vm_pods_share_one_socket() {
         stats.contains(&cctr[..13]) && stats.contains(&vctr[..13]),
         "{stats}"
     );
+    for id in [&cctr, &vctr] {
+        let one = c.json(&["stats", "--id", id]);
+        assert_eq!(one["stats"][0]["attributes"]["id"], **id, "{one}");
+    }
+    // Pod stats: virtlet's and whatever containerd has (1.6 has none for cgroup v1 pods).
+    let podstats = c.ok(&["statsp"]);
+    let theirs = direct.run(&["statsp"]);
+    let theirs = String::from_utf8_lossy(&theirs.stdout);
+    assert!(podstats.contains("vm"), "{podstats}");
+    assert_eq!(
+        podstats.contains("box"),
+        theirs.contains("box"),
+        "{podstats}\n{theirs}"
+    );
+    c.ok(&["update", "--memory", "64000000", &cctr]);
+    let spec = direct.json(&["inspect", &cctr]);
+    assert_eq!(
+        spec["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"], 64000000,
+        "containerd has the new limit"
+    );
+    let rc = c.ok(&["runtime-config"]);
+    assert!(rc.to_lowercase().contains("cgroupfs"), "{rc}");
+    c.ok(&["rmi", WEBSERVER]);
+    assert!(
+        !direct.ok(&["images"]).contains("webserver"),
+        "removed from containerd"
+    );
 
     // containerd down: the VM pod keeps working, container pod calls are UNAVAILABLE.
     ctrd.kill();
@@ -295,7 +322,7 @@ async fn critest_container_groups_match_containerd() {
     require_libvirtd();
     let scratch = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr2", "10.99.42.0/24");
-    let net = TestNet::new(48);
+    let net = TestNet::new(52);
     let (d, _server) = daemon(&net, &ctrd).await;
     let images = scratch.path().join("images.yaml");
     std::fs::write(
@@ -375,7 +402,7 @@ async fn kubelet_runs_container_and_vm_pods_side_by_side() {
     require_libvirtd();
     let scratch = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr3", "10.99.43.0/24");
-    let net = TestNet::new(49);
+    let net = TestNet::new(53);
     let (d, _server) = daemon(&net, &ctrd).await;
     let mut guard = DomainGuard(Vec::new());
     let mut k = Kubelet::start(&d.dir.path().join("kubelet"), &d.socket, "ctrnode");
