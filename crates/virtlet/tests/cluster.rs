@@ -5,8 +5,16 @@
 //! port where nothing listens), `exec` (also `-it`), exec readiness and liveness probes (a
 //! failing one restarts the VM), volumes (an emptyDir and a hostPath over 9p, a qcow2
 //! FlexVolume through virtlet's driver, which the kubelet calls), and `delete` with a grace
-//! period. The pod's user-data comes from a ConfigMap that virtlet reads through the API
-//! server (kube-rs, client certificates).
+//! period. The pod's user-data comes from a ConfigMap and its ssh key and a Secret volume
+//! from a Secret, which virtlet reads through the API server as the `virtlet` service account
+//! of `deploy/rbac.yaml` (a token: it may get, not list, ConfigMaps and Secrets).
+//!
+//! Deployed as an operator would: `kubectl apply` of `deploy/` (RBAC, the `virtlet`
+//! RuntimeClass the VM pods name, the config ConfigMaps; the DaemonSets are checked by the
+//! API server with a server-side dry run, and what they run is run on the host: their init
+//! step `prepare-node` installs the FlexVolume driver, virtlet gets the settings of the
+//! `virtlet-config` ConfigMap). virtlet shares the node with containerd: a host-network
+//! container pod (kube-proxy-like, from the local busybox image) runs beside the VM pods.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use common::background::{Background, http_get};
 use common::cni::TestNet;
+use common::containerd::{BUSYBOX, Containerd};
 use common::kubelet::{Kubelet, KubeletOptions};
-use common::tools::{free_port, shell_line, tools_dir};
+use common::tools::{Crictl, free_port, shell_line, tools_dir};
 use common::vm::{
     DomainGuard, MARKER, repo_root, require_libvirtd, tiny_generic_image, tiny_image,
 };
@@ -145,6 +154,119 @@ impl Drop for Cluster {
     }
 }
 
+/// `kubectl apply` of the manifests an operator applies (the DaemonSets as a server-side dry
+/// run: their images cannot be pulled here); the `virtlet-config` settings that are not paths
+/// (paths are the test's own).
+fn deploy(cluster: &Cluster) -> Vec<(String, String)> {
+    let dir = repo_root().join("deploy");
+    let file = |f: &str| dir.join(f).display().to_string();
+    for f in ["rbac.yaml", "runtimeclass.yaml", "config.yaml"] {
+        cluster.ok_settled(&["apply", "--validate=false", "-f", &file(f)]);
+    }
+    for f in ["virtlet.yaml", "virtlet-libvirt.yaml"] {
+        let out = cluster.ok(&[
+            "apply",
+            "--validate=false",
+            "--dry-run=server",
+            "-f",
+            &file(f),
+        ]);
+        assert!(out.contains("daemonset.apps/"), "{f}: {out}");
+    }
+    assert_eq!(
+        cluster
+            .ok(&[
+                "get",
+                "runtimeclass",
+                "virtlet",
+                "-o",
+                "jsonpath={.handler}"
+            ])
+            .trim(),
+        "virtlet"
+    );
+    // The service account may get ConfigMaps and Secrets by name, nothing more.
+    let sa = "system:serviceaccount:kube-system:virtlet";
+    for (verb, what, answer) in [
+        ("get", "secrets", "yes"),
+        ("get", "configmaps", "yes"),
+        ("list", "secrets", "no"),
+        ("watch", "configmaps", "no"),
+        ("create", "pods", "no"),
+    ] {
+        let out = cluster
+            .kubectl()
+            .args(["auth", "can-i", verb, what, "--as", sa])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            answer,
+            "can {sa} {verb} {what}?"
+        );
+    }
+    let data = cluster.ok(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "virtlet-config",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    let data: std::collections::BTreeMap<String, String> = serde_json::from_str(&data).unwrap();
+    assert!(data.contains_key("VIRTLET_CONTAINERD_SOCKET"), "{data:?}");
+    data.into_iter()
+        .filter(|(k, v)| k.starts_with("VIRTLET_") && !v.starts_with('/') && !v.is_empty())
+        .filter(|(k, _)| k != "VIRTLET_DISABLE_KVM" && k != "VIRTLET_STREAM_PORT")
+        .collect()
+}
+
+/// A kubeconfig for the `virtlet` service account (a bound token), as the DaemonSet's pod
+/// has it in-cluster.
+fn service_account_kubeconfig(cluster: &Cluster, out: &Path) -> PathBuf {
+    let token = cluster.ok(&[
+        "create",
+        "token",
+        "-n",
+        "kube-system",
+        "virtlet",
+        "--duration",
+        "2h",
+    ]);
+    let server = cluster.ok(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let file = out.join("virtlet.kubeconfig");
+    let ca = cluster.dir.join("pki/ca.crt");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {{server: {server}, certificate-authority: {ca}}}
+users:
+- name: virtlet
+  user: {{token: {token}}}
+contexts:
+- name: virtlet
+  context: {{cluster: local, user: virtlet}}
+current-context: virtlet
+",
+            server = server.trim(),
+            ca = ca.display(),
+            token = token.trim()
+        ),
+    )
+    .unwrap();
+    file
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_through_a_cluster() {
     require_libvirtd();
@@ -157,19 +279,27 @@ async fn kubectl_through_a_cluster() {
     // it, with the admin kubeconfig (client certificates).
     let cluster_dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up(cluster_dir.path());
+    let mut env = deploy(&cluster);
+    let kubeconfig = service_account_kubeconfig(&cluster, cluster_dir.path());
+    let ctrd = Containerd::start(&cluster_dir.path().join("ctrd"), "vt-ctr4", "10.99.44.0/24");
+    env.extend([
+        (
+            "VIRTLET_KUBECONFIG".into(),
+            kubeconfig.display().to_string(),
+        ),
+        (
+            "VIRTLET_ALLOWED_HOST_PATHS".into(),
+            host_dir.path().display().to_string(),
+        ),
+        (
+            "VIRTLET_CONTAINERD_SOCKET".into(),
+            ctrd.socket.display().to_string(),
+        ),
+    ]);
     let d = Daemon::start_with(Options {
         libvirt_uri: "qemu:///system",
         cni_conflist: Some(net.conflist(60, true, &[])),
-        extra_env: vec![
-            (
-                "VIRTLET_KUBECONFIG".into(),
-                cluster.kubeconfig.display().to_string(),
-            ),
-            (
-                "VIRTLET_ALLOWED_HOST_PATHS".into(),
-                host_dir.path().display().to_string(),
-            ),
-        ],
+        extra_env: env,
         ..Options::default()
     })
     .await;
@@ -191,15 +321,38 @@ async fn kubectl_through_a_cluster() {
             server.url("/tiny-generic.qcow2")
         ),
     );
-    // virtlet's FlexVolume driver where the kubelet looks for drivers.
+    // The DaemonSets' init step on the host: virtlet's dirs, its FlexVolume driver where the
+    // kubelet looks for drivers, the KVM verdict.
     let plugins = d.dir.path().join("volume-plugins");
-    let driver_dir = plugins.join("virtlet~flexvolume_driver");
-    std::fs::create_dir_all(&driver_dir).unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_flexvolume_driver"),
-        driver_dir.join("flexvolume_driver"),
-    )
-    .unwrap();
+    let run = d.dir.path().join("run");
+    let out = Command::new(repo_root().join("deploy/image/prepare-node"))
+        .env("VIRTLET_DATABASE_PATH", &d.db)
+        .env("VIRTLET_IMAGE_DIR", &d.image_dir)
+        .env("VIRTLET_IMAGE_TRANSLATIONS_DIR", &d.translations_dir)
+        .env("VIRTLET_VM_DIR", d.dir.path().join("vms"))
+        .env("VIRTLET_RUN_DIR", &run)
+        .env("VIRTLET_NETNS_DIR", d.dir.path().join("netns"))
+        .env("VIRTLET_CNI_PLUGIN_DIR", common::CNI_BIN_DIR)
+        .env("VIRTLET_CNI_CONFIG_DIR", &d.cni_conf_dir)
+        .env("VIRTLET_SHARED_MOUNTS", "")
+        .env("KUBELET_VOLUME_PLUGIN_DIR", &plugins)
+        .env(
+            "VIRTLET_FLEXVOLUME_DRIVER",
+            env!("CARGO_BIN_EXE_flexvolume_driver"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prepare-node failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        plugins
+            .join("virtlet~flexvolume_driver/flexvolume_driver")
+            .exists()
+    );
+    assert!(run.join("kvm-probe").exists());
     let k = Kubelet::start_with(
         &d.dir.path().join("kubelet-node"),
         &d.socket,
@@ -217,9 +370,38 @@ async fn kubectl_through_a_cluster() {
         |c| c.ready("node", NODE),
         || format!("the node is not Ready:\n{}", k.log_tail(40)),
     );
+    // The node label the RuntimeClass schedules VM pods by (and the DaemonSets select).
+    cluster.ok(&["label", "node", NODE, "extraRuntime=virtlet"]);
 
-    // kubectl apply: a VM pod serving HTTP on 8080, its user-data in a ConfigMap (each key
-    // is a user-data key, its value YAML, as in Mirantis Virtlet).
+    // A kube-proxy-like container pod (host network) from the local busybox image: it runs
+    // in containerd, beside every VM pod below, untouched by them.
+    let proxy = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: proxy}}
+spec:
+  hostNetwork: true
+  automountServiceAccountToken: false
+  containers:
+  - name: proxy
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo proxy up; exec sleep 100000']
+"
+    );
+    let file = d.dir.path().join("proxy.yaml");
+    std::fs::write(&file, proxy).unwrap();
+    cluster.ok(&["apply", "--validate=false", "-f", file.to_str().unwrap()]);
+    cluster.wait_until(
+        Duration::from_secs(60),
+        |c| c.ready("pod", "proxy"),
+        || cluster.ok(&["describe", "pod", "proxy"]),
+    );
+    assert!(cluster.ok(&["logs", "proxy"]).contains("proxy up"));
+
+    // kubectl apply: a VM pod of the RuntimeClass `virtlet` serving HTTP on 8080, its
+    // user-data in a ConfigMap (each key is a user-data key, its value YAML, as in Mirantis
+    // Virtlet), its ssh key and a volume from a Secret.
     let runcmd = "- [sh, -c, 'mkdir -p /www && echo hello-through-kubectl >/www/index.html && httpd -p 8080 -h /www']\n";
     let pod = format!(
         "apiVersion: v1
@@ -230,13 +412,22 @@ data:
   runcmd: {ud}
 ---
 apiVersion: v1
+kind: Secret
+metadata:
+  name: vm-secret
+stringData:
+  authorized_keys: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFromASecretOfTheClusterTest test@cluster
+  token: secret-volume-content
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: vm
   annotations:
-    kubernetes.io/target-runtime: virtlet.cloud
     VirtletCloudInitUserDataSource: configmap/vm-user-data
+    VirtletSSHKeySource: secret/vm-secret/authorized_keys
 spec:
+  runtimeClassName: virtlet
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 30
   containers:
@@ -244,10 +435,14 @@ spec:
     image: virtlet.cloud/tiny
     stdin: true
     tty: true
+    volumeMounts:
+    - {{name: creds, mountPath: /etc/creds}}
     readinessProbe:
       exec:
         command: [wget, -q, -O, /dev/null, 'http://127.0.0.1:8080/']
       periodSeconds: 2
+  volumes:
+  - {{name: creds, secret: {{secretName: vm-secret}}}}
 ",
         ud = serde_json::json!(runcmd)
     );
@@ -283,6 +478,17 @@ spec:
     // kubectl logs: the serial console.
     let logs = cluster.ok(&["logs", "vm"]);
     assert!(logs.contains(MARKER), "{logs}");
+    // The VM pod is virtlet's (its RuntimeClass), the proxy containerd's.
+    let direct = Crictl::new(&ctrd.socket, cluster_dir.path());
+    assert!(direct.ok(&["pods", "--name", "proxy", "-q"]).trim().len() == 64);
+    assert_eq!(direct.ok(&["pods", "--name", "vm", "-q"]).trim(), "");
+    // The Secret, read by virtlet as its service account: a volume and the ssh key.
+    assert_eq!(
+        cluster.ok(&["exec", "vm", "--", "cat", "/etc/creds/token"]),
+        "secret-volume-content"
+    );
+    let keys = cluster.ok(&["exec", "vm", "--", "cat", "/root/.ssh/authorized_keys"]);
+    assert!(keys.contains("FromASecretOfTheClusterTest"), "{keys}");
 
     // kubectl attach -i: typed into the console, the guest's answer comes back.
     let mut attach = cluster
@@ -568,7 +774,12 @@ spec:
             .unwrap()
             .into_inner()
             .items;
-        if pods.is_empty() {
+        // The VM pods' sandboxes go; the container pod's (containerd's) stays.
+        let names: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p.metadata.as_ref().map(|m| m.name.clone()))
+            .collect();
+        if names == ["proxy"] {
             break;
         }
         assert!(
@@ -578,5 +789,15 @@ spec:
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    // The container pod ran through it all.
+    let proxy = cluster.ok(&[
+        "get",
+        "pod",
+        "proxy",
+        "-o",
+        "jsonpath={.status.phase} {.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(proxy.trim(), "Running 0");
+    cluster.ok(&["delete", "pod", "proxy", "--grace-period=1", "--wait=true"]);
     drop(k);
 }

@@ -15,6 +15,8 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
+mod install;
+
 #[derive(Parser)]
 #[command(version, about = "Command-line client for a virtlet node")]
 struct Cli {
@@ -100,6 +102,25 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1")]
         address: String,
     },
+    /// Write the manifests that deploy virtlet (RBAC, RuntimeClass, config, the DaemonSets)
+    /// and the kubelet settings for its nodes; needs no running daemon.
+    Install {
+        /// The virtlet image the DaemonSets run.
+        #[arg(long, default_value = "localhost/virtlet:latest")]
+        image: String,
+        /// containerd's CRI socket on the nodes.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd_socket: String,
+        /// The RuntimeClass handler of VM pods.
+        #[arg(long, default_value = "virtlet")]
+        handler: String,
+        /// Write the files into this directory (default: the manifests on stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A node to run virtlet on (prints how to label it).
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 async fn connect(socket: &Path) -> Result<Channel> {
@@ -160,6 +181,21 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Install {
+        image,
+        containerd_socket,
+        handler,
+        out,
+        node,
+    } = &cli.command
+    {
+        let install = install::Install {
+            image: image.clone(),
+            containerd_socket: containerd_socket.clone(),
+            handler: handler.clone(),
+        };
+        return install::run(&install, &cli.socket, out.as_deref(), node.as_deref());
+    }
     let channel = connect(&cli.socket).await?;
     let mut images = ImageServiceClient::new(channel.clone());
     match cli.command {
@@ -489,6 +525,7 @@ async fn main() -> Result<()> {
             };
             port_forward(rt, &pod, &address, local, remote).await?;
         }
+        Cmd::Install { .. } => {} // handled before connecting
         Cmd::Rmp { pods } => {
             let mut rt = RuntimeServiceClient::new(channel);
             for pod in pods {
