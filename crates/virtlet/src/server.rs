@@ -35,6 +35,8 @@ fn ensure_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
+static SOCKET_LOCK: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
 /// Holds `<socket>.lock` for the daemon's life: a second daemon on the same socket stops here,
 /// or with `wait` waits until the first one exits (a DaemonSet's rolling update with surge:
 /// the new virtlet takes over when the old one is gone).
@@ -102,7 +104,10 @@ async fn shutdown_signal() {
 
 pub async fn run(config: Config) -> Result<()> {
     ensure_parent(&config.listen)?;
-    let _lock = lock_socket(&config.listen, config.wait_for_lock).await?;
+    // Held until the process exits, not until `run` returns: background tasks still hold
+    // the metadata store then, and a virtlet waiting to take over must find it closed.
+    let lock = lock_socket(&config.listen, config.wait_for_lock).await?;
+    let _ = SOCKET_LOCK.set(lock);
     ensure_parent(&config.database_path)?;
     let store = match Store::open(&config.database_path) {
         Ok(s) => Arc::new(s),

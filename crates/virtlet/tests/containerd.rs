@@ -25,15 +25,13 @@ use common::vm::{DomainGuard, MARKER, require_libvirtd, tiny_image};
 use common::{Daemon, Options};
 use virtlet_testkit::{Route, TestServer};
 
-/// The daemon on `net`, sharing the node with `ctrd`, with `virtlet.cloud/tiny` served.
+/// The daemon on `net`, sharing the node with `ctrd` (waiting for the socket's lock, as in
+/// the DaemonSet), with `virtlet.cloud/tiny` served.
 async fn daemon(net: &TestNet, ctrd: &Containerd) -> (Daemon, TestServer) {
     let d = Daemon::start_with(Options {
         libvirt_uri: "qemu:///system",
         cni_conflist: Some(net.conflist(60, true, &[])),
-        extra_env: vec![(
-            "VIRTLET_CONTAINERD_SOCKET".into(),
-            ctrd.socket.display().to_string(),
-        )],
+        extra_env: d_env(ctrd),
         ..Options::default()
     })
     .await;
@@ -489,4 +487,149 @@ spec:
         std::thread::sleep(Duration::from_millis(500));
     }
     k.stop();
+}
+
+/// A process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn domain_id(cid: &str) -> String {
+    let name = format!("virtlet-{}-vm", &cid[..13]);
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "domid", &name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An upgrade as the DaemonSet rolls one (surge): the new virtlet starts beside the old one,
+/// waits for the socket's lock, and serves once the old one exits; the VM (the same QEMU
+/// process) and the container pod run on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_virtlet_takes_over_and_pods_keep_running() {
+    require_libvirtd();
+    let scratch = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr5", "10.99.45.0/24");
+    let net = TestNet::new(54);
+    let (mut d, _server) = daemon(&net, &ctrd).await;
+    let mut guard = DomainGuard(Vec::new());
+    let c = Crictl::new(&d.socket, d.dir.path());
+    let dir = d.dir.path().to_owned();
+    let logs = dir.join("pod-logs");
+    let vpod_json = write_json(
+        &dir.join("vpod.json"),
+        serde_json::json!({
+            "metadata": {"name": "vm", "namespace": "up", "uid": "up-vm", "attempt": 0},
+            "log_directory": logs.join("vm"), "linux": {}
+        }),
+    );
+    let vctr_json = write_json(
+        &dir.join("vctr.json"),
+        serde_json::json!({
+            "metadata": {"name": "vm"}, "image": {"image": "virtlet.cloud/tiny"},
+            "log_path": "vm.log", "linux": {}
+        }),
+    );
+    let cpod_json = write_json(
+        &dir.join("cpod.json"),
+        serde_json::json!({
+            "metadata": {"name": "box", "namespace": "up", "uid": "up-box", "attempt": 0},
+            "log_directory": logs.join("box"), "linux": {}
+        }),
+    );
+    let cctr_json = write_json(
+        &dir.join("cctr.json"),
+        serde_json::json!({
+            "metadata": {"name": "sh"}, "image": {"image": BUSYBOX},
+            "command": ["sleep", "3600"], "log_path": "sh.log", "linux": {}
+        }),
+    );
+    c.ok(&["pull", "virtlet.cloud/tiny"]);
+    let vpod = c
+        .ok(&["runp", "--runtime", "virtlet", &vpod_json])
+        .trim()
+        .to_owned();
+    let vctr = c
+        .ok(&["create", &vpod, &vctr_json, &vpod_json])
+        .trim()
+        .to_owned();
+    guard.0.push(vctr.clone());
+    c.ok(&["start", &vctr]);
+    let cpod = c.ok(&["runp", &cpod_json]).trim().to_owned();
+    let cctr = c
+        .ok(&["create", &cpod, &cctr_json, &cpod_json])
+        .trim()
+        .to_owned();
+    c.ok(&["start", &cctr]);
+    wait_file(&logs.join("vm/vm.log"), MARKER, Duration::from_secs(180));
+    let qemu = domain_id(&vctr);
+    assert!(!qemu.is_empty() && qemu != "-", "the VM runs: {qemu:?}");
+
+    // The new virtlet waits while the old one serves.
+    let new_log = dir.join("virtlet-new.log");
+    let log = std::fs::File::create(&new_log).unwrap();
+    let mut cmd = d.command("http");
+    cmd.envs(d_env(&ctrd))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut new = KillOnDrop(cmd.spawn().unwrap());
+    wait_file(&new_log, "waiting for it to exit", Duration::from_secs(20));
+    assert!(new.0.try_wait().unwrap().is_none(), "the new virtlet waits");
+    assert_eq!(
+        c.ok(&["pods", "-q"]).lines().count(),
+        2,
+        "the old one serves"
+    );
+
+    // The old one exits; the new one serves the same pods.
+    let t = Instant::now();
+    assert!(d.terminate().success());
+    while c.run(&["version"]).status.code() != Some(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the new virtlet does not serve:\n{}",
+            String::from_utf8_lossy(&std::fs::read(&new_log).unwrap_or_default())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "takeover: the new virtlet served {:?} after the old one got SIGTERM",
+        t.elapsed()
+    );
+    assert!(
+        std::fs::read_to_string(&new_log)
+            .unwrap()
+            .contains("taking over")
+    );
+    assert_eq!(
+        c.json(&["inspect", &vctr])["status"]["state"],
+        "CONTAINER_RUNNING"
+    );
+    assert_eq!(domain_id(&vctr), qemu, "the same QEMU process");
+    assert_eq!(
+        c.json(&["inspect", &cctr])["status"]["state"],
+        "CONTAINER_RUNNING"
+    );
+    for pod in [&vpod, &cpod] {
+        c.ok(&["stopp", pod]);
+        c.ok(&["rmp", pod]);
+    }
+    assert!(new.0.try_wait().unwrap().is_none());
+}
+
+/// The environment [`daemon`] gives virtlet.
+fn d_env(ctrd: &Containerd) -> Vec<(String, String)> {
+    vec![
+        (
+            "VIRTLET_CONTAINERD_SOCKET".into(),
+            ctrd.socket.display().to_string(),
+        ),
+        ("VIRTLET_WAIT_FOR_LOCK".into(), "true".into()),
+    ]
 }
