@@ -633,3 +633,86 @@ fn d_env(ctrd: &Containerd) -> Vec<(String, String)> {
         ("VIRTLET_WAIT_FOR_LOCK".into(), "true".into()),
     ]
 }
+
+/// The virtlet container image (`images/build-virtlet-image`, from this build's binaries)
+/// imported into containerd with `ctr` and run as a container pod: its virtlet, libvirt and
+/// QEMU start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_virtlet_image_runs_in_containerd() {
+    let scratch = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_virtlet")).parent().unwrap();
+    let tag = "localhost/virtlet:containerd-test";
+    let out =
+        std::process::Command::new(common::vm::repo_root().join("images/build-virtlet-image"))
+            .args([
+                "--bin-dir",
+                bin_dir.to_str().unwrap(),
+                "--tag",
+                tag,
+                "--no-check",
+            ])
+            .arg("--out")
+            .arg(scratch.path().join("virtlet.oci.tar"))
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "images/build-virtlet-image failed (it needs mmdebstrap, buildah and the Debian mirror):\n{}",
+        critest::tail(&String::from_utf8_lossy(&out.stderr), 30)
+    );
+    let archive = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr6", "10.99.46.0/24");
+    let out = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&ctrd.socket)
+        .args(["-n", "k8s.io", "images", "import", &archive])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = Crictl::new(&ctrd.socket, scratch.path());
+    let logs = scratch.path().join("logs");
+    let pod_json = write_json(
+        &scratch.path().join("pod.json"),
+        serde_json::json!({
+            "metadata": {"name": "virtlet-image", "namespace": "kube-system", "uid": "vi", "attempt": 0},
+            "log_directory": logs, "linux": {}
+        }),
+    );
+    let ctr_json = write_json(
+        &scratch.path().join("ctr.json"),
+        serde_json::json!({
+            "metadata": {"name": "versions"}, "image": {"image": tag},
+            "command": ["/bin/sh", "-c", "virtlet --version; virtletctl --version; libvirtd --version; qemu-system-x86_64 --version; test -x /usr/libexec/virtlet/flexvolume_driver && echo driver-ok; sleep 3600"],
+            "log_path": "versions.log", "linux": {}
+        }),
+    );
+    let pod = c.ok(&["runp", &pod_json]).trim().to_owned();
+    let cid = c
+        .ok(&["create", &pod, &ctr_json, &pod_json])
+        .trim()
+        .to_owned();
+    c.ok(&["start", &cid]);
+    let text = wait_file(
+        &logs.join("versions.log"),
+        "driver-ok",
+        Duration::from_secs(60),
+    );
+    for needle in [
+        "virtlet ",
+        "virtletctl ",
+        "libvirtd (libvirt) 9.0",
+        "QEMU emulator version 7.2",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    c.ok(&["stopp", &pod]);
+    c.ok(&["rmp", &pod]);
+}
