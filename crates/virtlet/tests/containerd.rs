@@ -55,6 +55,46 @@ fn write_json(path: &Path, v: serde_json::Value) -> String {
     path.display().to_string()
 }
 
+/// A pod as crictl makes it: `<dir>/<name>-pod.json` and `<dir>/<name>-ctr.json` written (the
+/// container `ctr` logs to `<dir>/pod-logs/<name>/<ctr>.log`), the pod run with `handler`
+/// (empty: none), the container created and started. Returns the pod's ID, the container's,
+/// and the pod config's file.
+fn run_pod(
+    c: &Crictl,
+    dir: &Path,
+    name: &str,
+    handler: &str,
+    (ctr, image, command): (&str, &str, &[&str]),
+) -> (String, String, String) {
+    let pod_json = write_json(
+        &dir.join(format!("{name}-pod.json")),
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "ctr-test", "uid": format!("uid-{name}"), "attempt": 0},
+            "log_directory": dir.join("pod-logs").join(name), "linux": {}
+        }),
+    );
+    let mut config = serde_json::json!({
+        "metadata": {"name": ctr}, "image": {"image": image},
+        "log_path": format!("{ctr}.log"), "linux": {}
+    });
+    if !command.is_empty() {
+        config["command"] = serde_json::json!(command);
+    }
+    let ctr_json = write_json(&dir.join(format!("{name}-ctr.json")), config);
+    let mut runp = vec!["runp"];
+    if !handler.is_empty() {
+        runp.extend(["--runtime", handler]);
+    }
+    runp.push(&pod_json);
+    let pod = c.ok(&runp).trim().to_owned();
+    let cid = c
+        .ok(&["create", &pod, &ctr_json, &pod_json])
+        .trim()
+        .to_owned();
+    c.ok(&["start", &cid]);
+    (pod, cid, pod_json)
+}
+
 fn wait_file(path: &Path, needle: &str, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
@@ -144,27 +184,17 @@ async fn container_and_vm_pods_share_one_socket() {
 
     // A container pod: no handler, no annotation.
     let logs = dir.join("pod-logs");
-    let cpod_json = write_json(
-        &dir.join("cpod.json"),
-        serde_json::json!({
-            "metadata": {"name": "box", "namespace": "ctr-ns", "uid": "box-uid", "attempt": 0},
-            "log_directory": logs.join("box"), "linux": {}
-        }),
+    let (cpod, cctr, cpod_json) = run_pod(
+        &c,
+        dir,
+        "box",
+        "",
+        (
+            "sh",
+            BUSYBOX,
+            &["/bin/sh", "-c", "echo hello from busybox; exec sleep 3600"],
+        ),
     );
-    let cctr_json = write_json(
-        &dir.join("cctr.json"),
-        serde_json::json!({
-            "metadata": {"name": "sh"}, "image": {"image": BUSYBOX},
-            "command": ["/bin/sh", "-c", "echo hello from busybox; exec sleep 3600"],
-            "log_path": "sh.log", "linux": {}
-        }),
-    );
-    let cpod = c.ok(&["runp", &cpod_json]).trim().to_owned();
-    let cctr = c
-        .ok(&["create", &cpod, &cctr_json, &cpod_json])
-        .trim()
-        .to_owned();
-    c.ok(&["start", &cctr]);
     assert_eq!(
         direct.ok(&["pods", "-q"]).trim(),
         cpod,
@@ -177,30 +207,8 @@ async fn container_and_vm_pods_share_one_socket() {
     );
 
     // A VM pod by RuntimeClass handler.
-    let vpod_json = write_json(
-        &dir.join("vpod.json"),
-        serde_json::json!({
-            "metadata": {"name": "vm", "namespace": "vm-ns", "uid": "vm-uid", "attempt": 0},
-            "log_directory": logs.join("vm"), "linux": {}
-        }),
-    );
-    let vctr_json = write_json(
-        &dir.join("vctr.json"),
-        serde_json::json!({
-            "metadata": {"name": "vm"}, "image": {"image": "virtlet.cloud/tiny"},
-            "log_path": "vm.log", "linux": {}
-        }),
-    );
-    let vpod = c
-        .ok(&["runp", "--runtime", "virtlet", &vpod_json])
-        .trim()
-        .to_owned();
-    let vctr = c
-        .ok(&["create", &vpod, &vctr_json, &vpod_json])
-        .trim()
-        .to_owned();
+    let (vpod, vctr, _) = run_pod(&c, dir, "vm", "virtlet", ("vm", "virtlet.cloud/tiny", &[]));
     guard.0.push(vctr.clone());
-    c.ok(&["start", &vctr]);
     assert!(
         !direct.ok(&["pods", "-q"]).contains(&vpod),
         "the VM pod is virtlet's"
@@ -522,51 +530,10 @@ async fn a_new_virtlet_takes_over_and_pods_keep_running() {
     let c = Crictl::new(&d.socket, d.dir.path());
     let dir = d.dir.path().to_owned();
     let logs = dir.join("pod-logs");
-    let vpod_json = write_json(
-        &dir.join("vpod.json"),
-        serde_json::json!({
-            "metadata": {"name": "vm", "namespace": "up", "uid": "up-vm", "attempt": 0},
-            "log_directory": logs.join("vm"), "linux": {}
-        }),
-    );
-    let vctr_json = write_json(
-        &dir.join("vctr.json"),
-        serde_json::json!({
-            "metadata": {"name": "vm"}, "image": {"image": "virtlet.cloud/tiny"},
-            "log_path": "vm.log", "linux": {}
-        }),
-    );
-    let cpod_json = write_json(
-        &dir.join("cpod.json"),
-        serde_json::json!({
-            "metadata": {"name": "box", "namespace": "up", "uid": "up-box", "attempt": 0},
-            "log_directory": logs.join("box"), "linux": {}
-        }),
-    );
-    let cctr_json = write_json(
-        &dir.join("cctr.json"),
-        serde_json::json!({
-            "metadata": {"name": "sh"}, "image": {"image": BUSYBOX},
-            "command": ["sleep", "3600"], "log_path": "sh.log", "linux": {}
-        }),
-    );
     c.ok(&["pull", "virtlet.cloud/tiny"]);
-    let vpod = c
-        .ok(&["runp", "--runtime", "virtlet", &vpod_json])
-        .trim()
-        .to_owned();
-    let vctr = c
-        .ok(&["create", &vpod, &vctr_json, &vpod_json])
-        .trim()
-        .to_owned();
+    let (vpod, vctr, _) = run_pod(&c, &dir, "vm", "virtlet", ("vm", "virtlet.cloud/tiny", &[]));
     guard.0.push(vctr.clone());
-    c.ok(&["start", &vctr]);
-    let cpod = c.ok(&["runp", &cpod_json]).trim().to_owned();
-    let cctr = c
-        .ok(&["create", &cpod, &cctr_json, &cpod_json])
-        .trim()
-        .to_owned();
-    c.ok(&["start", &cctr]);
+    let (cpod, cctr, _) = run_pod(&c, &dir, "box", "", ("sh", BUSYBOX, &["sleep", "3600"]));
     wait_file(&logs.join("vm/vm.log"), MARKER, Duration::from_secs(180));
     let qemu = domain_id(&vctr);
     assert!(!qemu.is_empty() && qemu != "-", "the VM runs: {qemu:?}");
@@ -678,28 +645,22 @@ async fn the_virtlet_image_runs_in_containerd() {
         String::from_utf8_lossy(&out.stderr)
     );
     let c = Crictl::new(&ctrd.socket, scratch.path());
-    let logs = scratch.path().join("logs");
-    let pod_json = write_json(
-        &scratch.path().join("pod.json"),
-        serde_json::json!({
-            "metadata": {"name": "virtlet-image", "namespace": "kube-system", "uid": "vi", "attempt": 0},
-            "log_directory": logs, "linux": {}
-        }),
+    let (pod, _, _) = run_pod(
+        &c,
+        scratch.path(),
+        "virtlet-image",
+        "",
+        (
+            "versions",
+            tag,
+            &[
+                "/bin/sh",
+                "-c",
+                "virtlet --version; virtletctl --version; libvirtd --version; qemu-system-x86_64 --version; test -x /usr/libexec/virtlet/flexvolume_driver && echo driver-ok; sleep 3600",
+            ],
+        ),
     );
-    let ctr_json = write_json(
-        &scratch.path().join("ctr.json"),
-        serde_json::json!({
-            "metadata": {"name": "versions"}, "image": {"image": tag},
-            "command": ["/bin/sh", "-c", "virtlet --version; virtletctl --version; libvirtd --version; qemu-system-x86_64 --version; test -x /usr/libexec/virtlet/flexvolume_driver && echo driver-ok; sleep 3600"],
-            "log_path": "versions.log", "linux": {}
-        }),
-    );
-    let pod = c.ok(&["runp", &pod_json]).trim().to_owned();
-    let cid = c
-        .ok(&["create", &pod, &ctr_json, &pod_json])
-        .trim()
-        .to_owned();
-    c.ok(&["start", &cid]);
+    let logs = scratch.path().join("pod-logs/virtlet-image");
     let text = wait_file(
         &logs.join("versions.log"),
         "driver-ok",
