@@ -41,7 +41,10 @@ macro_rules! route {
     ($self:ident, $req:ident, $method:ident, $remote:expr) => {
         match $remote {
             None => $self.local.$method($req).await,
-            Some(remote) => remote.answer(remote.images().$method($req.into_inner()).await),
+            Some(remote) => {
+                tracing::debug!(call = stringify!($method), "forwarded to containerd");
+                remote.answer(remote.images().$method($req.into_inner()).await)
+            }
         }
     };
 }

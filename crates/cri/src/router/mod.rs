@@ -89,7 +89,10 @@ macro_rules! route {
     ($self:ident, $req:ident, $method:ident, $remote:expr) => {
         match $remote {
             None => $self.local.$method($req).await,
-            Some(remote) => remote.answer(remote.runtime().$method($req.into_inner()).await),
+            Some(remote) => {
+                tracing::debug!(call = stringify!($method), "forwarded to containerd");
+                remote.answer(remote.runtime().$method($req.into_inner()).await)
+            }
         }
     };
 }
@@ -123,6 +126,15 @@ impl RuntimeService for Router {
         req: Request<api::RunPodSandboxRequest>,
     ) -> Answer<api::RunPodSandboxResponse> {
         let remote = (!self.is_vm_pod(req.get_ref())).then_some(&*self.remote);
+        if remote.is_some() {
+            let r = req.get_ref();
+            let pod = r.config.as_ref().and_then(|c| c.metadata.as_ref());
+            tracing::info!(
+                pod = %pod.map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default(),
+                handler = %r.runtime_handler,
+                "RunPodSandbox: not a VM pod, handed to containerd"
+            );
+        }
         route!(self, req, run_pod_sandbox, remote)
     }
 
