@@ -82,35 +82,9 @@ pub(crate) async fn run(
     let mut made = Vec::new();
     for i in 0..pods {
         let name = format!("ctr{i}");
-        let mut config = pod_config(&name, &work.join(&name));
-        config.linux = Some(Default::default());
-        let pod = via
-            .rt
-            .run_pod_sandbox(api::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
         let mut cc = container_config(image);
         cc.command = vec!["sleep".into(), "3600".into()];
-        let ctr = via
-            .rt
-            .create_container(api::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cc),
-                sandbox_config: Some(config),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        via.rt
-            .start_container(api::StartContainerRequest {
-                container_id: ctr.clone(),
-            })
-            .await?;
-        made.push((pod, ctr));
+        made.push(via.pod_with(&name, cc, &work.join(&name), true).await?);
     }
     let (pod, ctr) = made.first().cloned().context("no pods")?;
     let mut out = serde_json::Map::new();

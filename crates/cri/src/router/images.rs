@@ -37,18 +37,6 @@ impl ImageRouter {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-macro_rules! route {
-    ($self:ident, $req:ident, $method:ident, $remote:expr) => {
-        match $remote {
-            None => $self.local.$method($req).await,
-            Some(remote) => {
-                tracing::debug!(call = stringify!($method), "forwarded to containerd");
-                remote.answer(remote.images().$method($req.into_inner()).await)
-            }
-        }
-    };
-}
-
 #[tonic::async_trait]
 impl ImageService for ImageRouter {
     async fn list_images(
@@ -72,7 +60,7 @@ impl ImageService for ImageRouter {
         req: Request<api::ImageStatusRequest>,
     ) -> Answer<api::ImageStatusResponse> {
         let remote = self.remote_for(req.get_ref().image.as_ref());
-        route!(self, req, image_status, remote)
+        route!(self, req, image_status, remote, images)
     }
 
     /// By name, or to virtlet for a VM pod whatever the name (the kubelet sends the pod's
@@ -92,7 +80,7 @@ impl ImageService for ImageRouter {
         } else {
             self.remote_for(r.image.as_ref())
         };
-        route!(self, req, pull_image, remote)
+        route!(self, req, pull_image, remote, images)
     }
 
     async fn remove_image(
@@ -100,7 +88,7 @@ impl ImageService for ImageRouter {
         req: Request<api::RemoveImageRequest>,
     ) -> Answer<api::RemoveImageResponse> {
         let remote = self.remote_for(req.get_ref().image.as_ref());
-        route!(self, req, remove_image, remote)
+        route!(self, req, remove_image, remote, images)
     }
 
     async fn image_fs_info(

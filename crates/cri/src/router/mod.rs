@@ -13,6 +13,20 @@
 //! - When containerd is down, VM pods keep working: List calls answer with virtlet's items
 //!   (and log that containerd is missing), calls for container pods fail with UNAVAILABLE.
 
+/// The call to virtlet when `$remote` is `None`, else to containerd (its `$client`: runtime
+/// or images), unchanged.
+macro_rules! route {
+    ($self:ident, $req:ident, $method:ident, $remote:expr, $client:ident) => {
+        match $remote {
+            None => $self.local.$method($req).await,
+            Some(remote) => {
+                tracing::debug!(call = stringify!($method), "forwarded to containerd");
+                remote.answer(remote.$client().$method($req.into_inner()).await)
+            }
+        }
+    };
+}
+
 mod images;
 pub mod merge;
 mod remote;
@@ -84,19 +98,6 @@ pub fn is_vm_pod(handler: &str, req: &api::RunPodSandboxRequest) -> bool {
         })
 }
 
-/// The call to virtlet when `$remote` is `None`, else to containerd, unchanged.
-macro_rules! route {
-    ($self:ident, $req:ident, $method:ident, $remote:expr) => {
-        match $remote {
-            None => $self.local.$method($req).await,
-            Some(remote) => {
-                tracing::debug!(call = stringify!($method), "forwarded to containerd");
-                remote.answer(remote.runtime().$method($req.into_inner()).await)
-            }
-        }
-    };
-}
-
 /// Both runtimes' answers of a List call, the items in field `$field`.
 macro_rules! list_both {
     ($self:ident, $req:ident, $method:ident, $resp:ident { $field:ident }) => {{
@@ -135,7 +136,7 @@ impl RuntimeService for Router {
                 "RunPodSandbox: not a VM pod, handed to containerd"
             );
         }
-        route!(self, req, run_pod_sandbox, remote)
+        route!(self, req, run_pod_sandbox, remote, runtime)
     }
 
     async fn stop_pod_sandbox(
@@ -143,7 +144,7 @@ impl RuntimeService for Router {
         req: Request<api::StopPodSandboxRequest>,
     ) -> Answer<api::StopPodSandboxResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, stop_pod_sandbox, remote)
+        route!(self, req, stop_pod_sandbox, remote, runtime)
     }
 
     async fn remove_pod_sandbox(
@@ -151,7 +152,7 @@ impl RuntimeService for Router {
         req: Request<api::RemovePodSandboxRequest>,
     ) -> Answer<api::RemovePodSandboxResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, remove_pod_sandbox, remote)
+        route!(self, req, remove_pod_sandbox, remote, runtime)
     }
 
     async fn pod_sandbox_status(
@@ -159,7 +160,7 @@ impl RuntimeService for Router {
         req: Request<api::PodSandboxStatusRequest>,
     ) -> Answer<api::PodSandboxStatusResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, pod_sandbox_status, remote)
+        route!(self, req, pod_sandbox_status, remote, runtime)
     }
 
     /// Served from bytes by [`crate::RuntimeService`]; this is the decoded fallback.
@@ -180,7 +181,7 @@ impl RuntimeService for Router {
         req: Request<api::CreateContainerRequest>,
     ) -> Answer<api::CreateContainerResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, create_container, remote)
+        route!(self, req, create_container, remote, runtime)
     }
 
     async fn start_container(
@@ -188,7 +189,7 @@ impl RuntimeService for Router {
         req: Request<api::StartContainerRequest>,
     ) -> Answer<api::StartContainerResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, start_container, remote)
+        route!(self, req, start_container, remote, runtime)
     }
 
     async fn stop_container(
@@ -196,7 +197,7 @@ impl RuntimeService for Router {
         req: Request<api::StopContainerRequest>,
     ) -> Answer<api::StopContainerResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, stop_container, remote)
+        route!(self, req, stop_container, remote, runtime)
     }
 
     async fn remove_container(
@@ -204,7 +205,7 @@ impl RuntimeService for Router {
         req: Request<api::RemoveContainerRequest>,
     ) -> Answer<api::RemoveContainerResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, remove_container, remote)
+        route!(self, req, remove_container, remote, runtime)
     }
 
     /// Served from bytes by [`crate::RuntimeService`]; this is the decoded fallback.
@@ -225,7 +226,7 @@ impl RuntimeService for Router {
         req: Request<api::ContainerStatusRequest>,
     ) -> Answer<api::ContainerStatusResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, container_status, remote)
+        route!(self, req, container_status, remote, runtime)
     }
 
     async fn update_container_resources(
@@ -233,7 +234,7 @@ impl RuntimeService for Router {
         req: Request<api::UpdateContainerResourcesRequest>,
     ) -> Answer<api::UpdateContainerResourcesResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, update_container_resources, remote)
+        route!(self, req, update_container_resources, remote, runtime)
     }
 
     async fn reopen_container_log(
@@ -241,22 +242,22 @@ impl RuntimeService for Router {
         req: Request<api::ReopenContainerLogRequest>,
     ) -> Answer<api::ReopenContainerLogResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, reopen_container_log, remote)
+        route!(self, req, reopen_container_log, remote, runtime)
     }
 
     async fn exec_sync(&self, req: Request<api::ExecSyncRequest>) -> Answer<api::ExecSyncResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, exec_sync, remote)
+        route!(self, req, exec_sync, remote, runtime)
     }
 
     async fn exec(&self, req: Request<api::ExecRequest>) -> Answer<api::ExecResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, exec, remote)
+        route!(self, req, exec, remote, runtime)
     }
 
     async fn attach(&self, req: Request<api::AttachRequest>) -> Answer<api::AttachResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, attach, remote)
+        route!(self, req, attach, remote, runtime)
     }
 
     async fn port_forward(
@@ -264,7 +265,7 @@ impl RuntimeService for Router {
         req: Request<api::PortForwardRequest>,
     ) -> Answer<api::PortForwardResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, port_forward, remote)
+        route!(self, req, port_forward, remote, runtime)
     }
 
     async fn container_stats(
@@ -272,7 +273,7 @@ impl RuntimeService for Router {
         req: Request<api::ContainerStatsRequest>,
     ) -> Answer<api::ContainerStatsResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, container_stats, remote)
+        route!(self, req, container_stats, remote, runtime)
     }
 
     async fn list_container_stats(
@@ -292,7 +293,7 @@ impl RuntimeService for Router {
         req: Request<api::PodSandboxStatsRequest>,
     ) -> Answer<api::PodSandboxStatsResponse> {
         let remote = self.sandbox_remote(&req.get_ref().pod_sandbox_id);
-        route!(self, req, pod_sandbox_stats, remote)
+        route!(self, req, pod_sandbox_stats, remote, runtime)
     }
 
     async fn list_pod_sandbox_stats(
@@ -340,7 +341,7 @@ impl RuntimeService for Router {
         req: Request<api::CheckpointContainerRequest>,
     ) -> Answer<api::CheckpointContainerResponse> {
         let remote = self.container_remote(&req.get_ref().container_id);
-        route!(self, req, checkpoint_container, remote)
+        route!(self, req, checkpoint_container, remote, runtime)
     }
 
     type GetContainerEventsStream = <RuntimeServer as RuntimeService>::GetContainerEventsStream;
