@@ -200,11 +200,8 @@ async fn kubelet_runs_vm_pods() {
     let last = &container(&pa)["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 0, "{pa}");
     assert_eq!(last["reason"], "Completed", "{pa}");
-    let logs = k.logs("vm-a");
-    assert!(
-        logs.contains("MARKER-PERSISTED"),
-        "the second boot found the file the first wrote:\n{logs}"
-    );
+    // The second boot found the file the first wrote.
+    k.wait_logs("vm-a", "MARKER-PERSISTED", Duration::from_secs(30));
     // B: the failing liveness probe restarts the VM once; then it stays healthy.
     let pb = k.wait_pod(
         "vm-b",
@@ -213,7 +210,7 @@ async fn kubelet_runs_vm_pods() {
         |p| restarts(p) >= 1 && is_ready(p),
     );
     assert_eq!(restarts(&pb), 1, "{pb}");
-    assert!(k.logs("vm-b").contains("MARKER-PERSISTED"));
+    k.wait_logs("vm-b", "MARKER-PERSISTED", Duration::from_secs(30));
 
     // Restarting virtlet leaves the VMs running and the pods untouched.
     let ids = |k: &Kubelet| {

@@ -184,6 +184,23 @@ imageGCHighThresholdPercent: 100
             .unwrap_or_default()
     }
 
+    /// The console log once it contains `needle` (a guest prints while its probes already
+    /// pass, and the kubelet may answer a request for logs with an error now and then).
+    pub fn wait_logs(&self, name: &str, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let logs = self.logs(name);
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in {name}'s log after {within:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Polls `check` on the pod until it holds; panics with the pod and the kubelet log.
     pub fn wait_pod(
         &self,
