@@ -21,8 +21,7 @@ use crate::RuntimeServer;
 use crate::listing::PreEncodedCodec;
 use crate::router::{Remote, Router};
 
-const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
-const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
+use crate::router::{LIST_CONTAINERS, LIST_POD_SANDBOX};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -129,7 +128,7 @@ async fn with_remote<Req: prost::Message + Clone + Send + Sync + 'static>(
     let Some(remote) = remote else {
         return ours;
     };
-    match remote.raw(path, request).await {
+    match remote.cached(path, request).await {
         Ok(theirs) if ours.is_empty() => theirs,
         Ok(theirs) => {
             let mut both = bytes::BytesMut::with_capacity(ours.len() + theirs.len());

@@ -231,6 +231,7 @@ pub async fn run(config: Config) -> Result<()> {
                 Remote::new(socket, MAX_MESSAGE)
                     .with_context(|| format!("--containerd-socket {}", socket.display()))?,
             );
+            virtlet_cri::router::events::follow(remote.clone());
             info!(containerd = %socket.display(), handler = %config.runtime_handler, "sharing the node with containerd: VM pods are those with RuntimeClass handler {:?} or the kubernetes.io/target-runtime: virtlet.cloud annotation; every other pod goes to containerd", config.runtime_handler);
             routes
                 .add_service(RuntimeService::routed(

@@ -21,12 +21,23 @@ macro_rules! route {
             None => $self.local.$method($req).await,
             Some(remote) => {
                 tracing::debug!(call = stringify!($method), "forwarded to containerd");
-                remote.answer(remote.$client().$method($req.into_inner()).await)
+                let changes = $crate::router::changes_pods(stringify!($method));
+                if changes {
+                    remote.changing();
+                }
+                let answer = remote.answer(remote.$client().$method($req.into_inner()).await);
+                if changes {
+                    remote.changing();
+                }
+                answer
             }
         }
     };
 }
 
+mod cache;
+pub mod events;
+pub mod fresh;
 mod images;
 pub mod merge;
 mod remote;
@@ -38,7 +49,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 pub use images::ImageRouter;
-pub use remote::Remote;
+pub use remote::{LIST_CONTAINERS, LIST_POD_SANDBOX, Remote, STATUS};
 
 use crate::RuntimeServer;
 
@@ -86,6 +97,27 @@ impl Router {
         }
         items
     }
+}
+
+/// Whether a forwarded call may change what containerd lists (its pods, their containers and
+/// states, its Status): copies of containerd's answers ([`cache`]) are dropped before and
+/// after it. Reads, stats, streaming URLs and image calls change nothing there (an exec'd
+/// command that kills a container is seen by its exit event).
+pub(crate) fn changes_pods(method: &str) -> bool {
+    !matches!(
+        method,
+        "pod_sandbox_status"
+            | "container_status"
+            | "container_stats"
+            | "pod_sandbox_stats"
+            | "exec_sync"
+            | "exec"
+            | "attach"
+            | "port_forward"
+            | "image_status"
+            | "pull_image"
+            | "remove_image"
+    )
 }
 
 /// See [`Router::is_vm_pod`].
@@ -315,20 +347,22 @@ impl RuntimeService for Router {
     ) -> Answer<api::UpdateRuntimeConfigResponse> {
         let theirs = req.get_ref().clone();
         self.local.update_runtime_config(req).await?;
-        self.remote
-            .answer(self.remote.runtime().update_runtime_config(theirs).await)
+        self.remote.changing();
+        let answer = self
+            .remote
+            .answer(self.remote.runtime().update_runtime_config(theirs).await);
+        self.remote.changing();
+        answer
     }
 
     async fn status(&self, req: Request<api::StatusRequest>) -> Answer<api::StatusResponse> {
         let theirs = *req.get_ref();
-        let (ours, remote) = tokio::join!(
-            self.local.status(req),
-            self.remote
-                .read(|| async { self.remote.runtime().status(theirs).await })
-        );
-        let remote = remote
-            .map(Response::into_inner)
-            .map_err(|s| s.message().to_owned());
+        let (ours, remote) =
+            tokio::join!(self.local.status(req), self.remote.cached(STATUS, theirs));
+        let remote = remote.map_err(|s| s.message().to_owned()).and_then(|b| {
+            <api::StatusResponse as prost::Message>::decode(b)
+                .map_err(|e| format!("containerd's Status answer cannot be read: {e}"))
+        });
         Ok(Response::new(merge::status(
             ours?.into_inner(),
             remote,

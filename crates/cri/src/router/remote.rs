@@ -6,16 +6,20 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::uri::PathAndQuery;
+use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{info, warn};
+
+use super::cache::{self, Cache, Lookup};
 
 /// containerd's CRI socket and a channel to it.
 pub struct Remote {
@@ -24,6 +28,8 @@ pub struct Remote {
     max_message: usize,
     /// Whether the last call found it unreachable (to log changes once, not every call).
     down: AtomicBool,
+    /// containerd's last answers to the periodic calls, kept while its events allow.
+    cache: Cache,
 }
 
 impl Remote {
@@ -45,7 +51,22 @@ impl Remote {
             channel,
             max_message,
             down: AtomicBool::new(false),
+            cache: Cache::default(),
         })
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// A call that may change containerd's pods went (or goes) through virtlet: copies of its
+    /// answers fetched before are not served again.
+    pub fn changing(&self) {
+        self.cache.fresh(super::fresh::Fresh::bump);
     }
 
     pub fn socket(&self) -> &Path {
@@ -126,6 +147,61 @@ impl Remote {
         .await
     }
 }
+
+impl Remote {
+    /// A periodic read (ListPodSandbox, ListContainers, Status), its answer kept encoded and
+    /// served from virtlet's copy while containerd's events say nothing changed ([`cache`]).
+    pub async fn cached<Req>(&self, path: &'static str, request: Req) -> Result<Bytes, Status>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+    {
+        let key = cache::key(path, &request.encode_to_vec());
+        let generation = match self.cache.lookup(&key, Instant::now()) {
+            Lookup::Hit(bytes) => return Ok(bytes),
+            Lookup::Miss {
+                generation,
+                pending,
+            } => {
+                if pending {
+                    self.settle().await;
+                    self.cache.fresh(|f| f.generation())
+                } else {
+                    generation
+                }
+            }
+        };
+        let bytes = self.raw(path, request).await?;
+        self.cache
+            .store(key, generation, bytes.clone(), Instant::now());
+        Ok(bytes)
+    }
+
+    /// Looks at containerd's two lists for the effect of the events still pending.
+    async fn settle(&self) {
+        let generation = self.cache.fresh(|f| f.generation());
+        let (containers, sandboxes) = tokio::join!(
+            self.raw(LIST_CONTAINERS, api::ListContainersRequest::default()),
+            self.raw(LIST_POD_SANDBOX, api::ListPodSandboxRequest::default()),
+        );
+        let decoded = containers.ok().zip(sandboxes.ok()).and_then(|(c, s)| {
+            let c = api::ListContainersResponse::decode(c).ok()?;
+            let s = api::ListPodSandboxResponse::decode(s).ok()?;
+            Some((
+                c.containers.into_iter().map(|c| (c.id, c.state)).collect(),
+                s.items.into_iter().map(|s| (s.id, s.state)).collect(),
+            ))
+        });
+        if let Some((containers, sandboxes)) = decoded {
+            self.cache
+                .fresh(|f| f.observe(generation, &containers, &sandboxes));
+        }
+    }
+}
+
+/// The paths of the calls kept by [`Remote::cached`] and used to settle events.
+pub const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+pub const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
+pub const STATUS: &str = "/runtime.v1.RuntimeService/Status";
 
 /// Whether a status means the call never reached containerd.
 fn unreachable(s: &Status) -> bool {
