@@ -23,6 +23,8 @@ use common::kubelet::{Kubelet, container, is_ready};
 use common::tools::{Crictl, table};
 use common::vm::{DomainGuard, MARKER, require_libvirtd, tiny_image};
 use common::{Daemon, Options};
+use k8s_cri::v1 as api;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use virtlet_testkit::{Route, TestServer};
 
 /// The daemon on `net`, sharing the node with `ctrd` (waiting for the socket's lock, as in
@@ -319,6 +321,179 @@ async fn container_and_vm_pods_share_one_socket() {
     }
     assert_eq!(c.ok(&["pods", "-q"]).trim(), "");
     assert_eq!(direct.ok(&["pods", "-q"]).trim(), "");
+}
+
+/// The state of `id` in a ListContainers answer (-1: not listed).
+fn container_state(r: &api::ListContainersResponse, id: &str) -> i32 {
+    r.containers
+        .iter()
+        .find(|c| c.id == id)
+        .map_or(-1, |c| c.state)
+}
+
+fn sandbox_state(r: &api::ListPodSandboxResponse, id: &str) -> i32 {
+    r.items.iter().find(|s| s.id == id).map_or(-1, |s| s.state)
+}
+
+/// virtlet serves containerd's answers to the kubelet's lists and Status from its copy while
+/// containerd's events say nothing changed (the forward cache): a list through virtlet is
+/// never behind one containerd gave before it, whether the change came through virtlet, from
+/// the container itself (an exit) or from another client on containerd's socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_through_virtlet_are_never_behind_containerd() {
+    require_libvirtd();
+    let scratch = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(&scratch.path().join("ctrd"), "vt-ctr7", "10.99.47.0/24");
+    let net = TestNet::new(55);
+    let (d, _server) = daemon(&net, &ctrd).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log_text().contains("following containerd's events") {
+        assert!(
+            Instant::now() < deadline,
+            "virtlet does not follow containerd's events:\n{}",
+            critest::tail(&d.log_text(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = Crictl::new(&d.socket, d.dir.path());
+    let direct = Crictl::new(&ctrd.socket, scratch.path());
+    let mut via = d.runtime().await;
+    let mut straight = RuntimeServiceClient::new(common::connect(&ctrd.socket).await.unwrap());
+    let all_containers = api::ListContainersRequest {
+        filter: Some(api::ContainerFilter::default()),
+    };
+    let all_pods = api::ListPodSandboxRequest::default();
+
+    // A container that exits by itself: from the moment containerd lists it EXITED, so does
+    // every list through virtlet.
+    let (pod, cid, _) = run_pod(
+        &c,
+        d.dir.path(),
+        "quits",
+        "",
+        ("sh", BUSYBOX, &["/bin/sh", "-c", "sleep 2; exit 3"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rounds = 0;
+    loop {
+        let theirs = straight
+            .list_containers(all_containers.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let ours = via
+            .list_containers(all_containers.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let (t, o) = (container_state(&theirs, &cid), container_state(&ours, &cid));
+        if t == api::ContainerState::ContainerExited as i32 {
+            assert_eq!(
+                o, t,
+                "virtlet's list is behind containerd's after {rounds} rounds"
+            );
+            break;
+        }
+        assert!(o >= 0, "the container is missing through virtlet: {ours:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the container never exited: {theirs:?}"
+        );
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        rounds > 10,
+        "the container exited before the lists were compared"
+    );
+
+    // Behind virtlet's back: the pod stopped and another one made by a client of containerd's
+    // own socket show through virtlet as soon as containerd's calls return.
+    direct.ok(&["stopp", &pod]);
+    let ours = via
+        .list_pod_sandbox(all_pods.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        sandbox_state(&ours, &pod),
+        api::PodSandboxState::SandboxNotready as i32,
+        "{ours:?}"
+    );
+    let (pod2, cid2, _) = run_pod(
+        &direct,
+        scratch.path(),
+        "aside",
+        "",
+        ("sh", BUSYBOX, &["/bin/sh", "-c", "exec sleep 3600"]),
+    );
+    let ours = via
+        .list_pod_sandbox(all_pods.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        sandbox_state(&ours, &pod2),
+        api::PodSandboxState::SandboxReady as i32,
+        "{ours:?}"
+    );
+    let ours = via
+        .list_containers(all_containers.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        container_state(&ours, &cid2),
+        api::ContainerState::ContainerRunning as i32,
+        "{ours:?}"
+    );
+
+    // The copy is what answers: with containerd frozen (SIGSTOP; its event stream stays
+    // open) the lists and Status through virtlet still answer at once, with its pods.
+    via.status(api::StatusRequest::default()).await.unwrap();
+    ctrd.signal("-STOP");
+    let frozen = tokio::time::timeout(Duration::from_secs(3), async {
+        let pods = via.list_pod_sandbox(all_pods.clone()).await;
+        let containers = via.list_containers(all_containers.clone()).await;
+        let status = via.status(api::StatusRequest::default()).await;
+        (pods, containers, status)
+    })
+    .await;
+    ctrd.signal("-CONT");
+    let (pods, containers, status) =
+        frozen.expect("lists through virtlet waited for a frozen containerd: no copy was served");
+    assert_eq!(
+        sandbox_state(&pods.unwrap().into_inner(), &pod2),
+        api::PodSandboxState::SandboxReady as i32
+    );
+    assert_eq!(
+        container_state(&containers.unwrap().into_inner(), &cid2),
+        api::ContainerState::ContainerRunning as i32
+    );
+    let status = status.unwrap().into_inner();
+    assert!(
+        status
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "ContainerdRuntimeReady" && c.status),
+        "containerd's conditions from the copy"
+    );
+
+    // A change through virtlet drops the copy: the removed pods are gone from its next list.
+    for p in [&pod, &pod2] {
+        c.ok(&["stopp", p]);
+        c.ok(&["rmp", p]);
+    }
+    let ours = via.list_pod_sandbox(all_pods).await.unwrap().into_inner();
+    assert!(ours.items.is_empty(), "{ours:?}");
+    let ours = via
+        .list_containers(all_containers)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ours.containers.is_empty(), "{ours:?}");
 }
 
 /// critest's groups for containers, through virtlet and against containerd directly: the

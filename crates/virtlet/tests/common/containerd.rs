@@ -103,6 +103,17 @@ impl Containerd {
         }
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to containerd itself.
+    pub fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("containerd.pid")).unwrap();
+        let ok = Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot send {signal} to containerd {pid}");
+    }
+
     pub fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
