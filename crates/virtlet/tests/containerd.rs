@@ -335,6 +335,26 @@ fn sandbox_state(r: &api::ListPodSandboxResponse, id: &str) -> i32 {
     r.items.iter().find(|s| s.id == id).map_or(-1, |s| s.state)
 }
 
+type Rt = RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Every pod sandbox `rt` lists (no filter, as the kubelet's relist).
+async fn all_sandboxes(rt: &mut Rt) -> api::ListPodSandboxResponse {
+    rt.list_pod_sandbox(api::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every container `rt` lists (the kubelet's relist sends an empty filter).
+async fn all_containers(rt: &mut Rt) -> api::ListContainersResponse {
+    rt.list_containers(api::ListContainersRequest {
+        filter: Some(api::ContainerFilter::default()),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// virtlet serves containerd's answers to the kubelet's lists and Status from its copy while
 /// containerd's events say nothing changed (the forward cache): a list through virtlet is
 /// never behind one containerd gave before it, whether the change came through virtlet, from
@@ -359,10 +379,6 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
     let direct = Crictl::new(&ctrd.socket, scratch.path());
     let mut via = d.runtime().await;
     let mut straight = RuntimeServiceClient::new(common::connect(&ctrd.socket).await.unwrap());
-    let all_containers = api::ListContainersRequest {
-        filter: Some(api::ContainerFilter::default()),
-    };
-    let all_pods = api::ListPodSandboxRequest::default();
 
     // A container that exits by itself: from the moment containerd lists it EXITED, so does
     // every list through virtlet.
@@ -376,16 +392,8 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut rounds = 0;
     loop {
-        let theirs = straight
-            .list_containers(all_containers.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        let ours = via
-            .list_containers(all_containers.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let theirs = all_containers(&mut straight).await;
+        let ours = all_containers(&mut via).await;
         let (t, o) = (container_state(&theirs, &cid), container_state(&ours, &cid));
         if t == api::ContainerState::ContainerExited as i32 {
             assert_eq!(
@@ -410,11 +418,7 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
     // Behind virtlet's back: the pod stopped and another one made by a client of containerd's
     // own socket show through virtlet as soon as containerd's calls return.
     direct.ok(&["stopp", &pod]);
-    let ours = via
-        .list_pod_sandbox(all_pods.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let ours = all_sandboxes(&mut via).await;
     assert_eq!(
         sandbox_state(&ours, &pod),
         api::PodSandboxState::SandboxNotready as i32,
@@ -427,21 +431,13 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
         "",
         ("sh", BUSYBOX, &["/bin/sh", "-c", "exec sleep 3600"]),
     );
-    let ours = via
-        .list_pod_sandbox(all_pods.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let ours = all_sandboxes(&mut via).await;
     assert_eq!(
         sandbox_state(&ours, &pod2),
         api::PodSandboxState::SandboxReady as i32,
         "{ours:?}"
     );
-    let ours = via
-        .list_containers(all_containers.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let ours = all_containers(&mut via).await;
     assert_eq!(
         container_state(&ours, &cid2),
         api::ContainerState::ContainerRunning as i32,
@@ -453,8 +449,15 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
     via.status(api::StatusRequest::default()).await.unwrap();
     ctrd.signal("-STOP");
     let frozen = tokio::time::timeout(Duration::from_secs(3), async {
-        let pods = via.list_pod_sandbox(all_pods.clone()).await;
-        let containers = via.list_containers(all_containers.clone()).await;
+        let pods = via
+            .list_pod_sandbox(api::ListPodSandboxRequest::default())
+            .await;
+        // the kubelet's request, as filled into the copy above
+        let containers = via
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter::default()),
+            })
+            .await;
         let status = via.status(api::StatusRequest::default()).await;
         (pods, containers, status)
     })
@@ -486,13 +489,9 @@ async fn lists_through_virtlet_are_never_behind_containerd() {
         c.ok(&["stopp", p]);
         c.ok(&["rmp", p]);
     }
-    let ours = via.list_pod_sandbox(all_pods).await.unwrap().into_inner();
+    let ours = all_sandboxes(&mut via).await;
     assert!(ours.items.is_empty(), "{ours:?}");
-    let ours = via
-        .list_containers(all_containers)
-        .await
-        .unwrap()
-        .into_inner();
+    let ours = all_containers(&mut via).await;
     assert!(ours.containers.is_empty(), "{ours:?}");
 }
 
