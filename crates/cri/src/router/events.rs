@@ -69,14 +69,13 @@ async fn follow_once(remote: &Remote, round: u64) -> Down {
     let publisher = EventsClient::new(remote.channel());
     let live = std::sync::atomic::AtomicBool::new(false);
     let publish = async {
-        let mut last = String::new();
         while !live.load(std::sync::atomic::Ordering::Relaxed) {
             if let Err(s) = publish_sync(publisher.clone(), &nonce).await {
-                last = s.message().to_owned();
+                // the subscription's own failure is what gets reported
+                debug!(error = %s.message(), "cannot publish virtlet's sync event to containerd");
             }
             tokio::time::sleep(SYNC_EVERY).await;
         }
-        last
     };
     let follow = async {
         let mut stream = match subscribe.await {
@@ -124,11 +123,7 @@ async fn follow_once(remote: &Remote, round: u64) -> Down {
     tokio::pin!(follow);
     tokio::select! {
         down = &mut follow => down,
-        why = publish => {
-            // Live: only the stream's end matters now.
-            let _ = why;
-            follow.await
-        }
+        () = publish => follow.await, // live: only the stream's end matters now
     }
 }
 

@@ -105,13 +105,6 @@ struct Pending {
     deadline: Instant,
 }
 
-/// Which of containerd's lists an observation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum List {
-    Containers,
-    Sandboxes,
-}
-
 /// The state of trust in containerd's last answers.
 #[derive(Debug)]
 pub struct Fresh {
